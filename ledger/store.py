@@ -1,0 +1,246 @@
+"""The task ledger: atomic, idempotent, version-checked applies and consistent reads over Redis."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+from redis.asyncio import Redis
+
+from ledger.errors import (
+    InvalidOp,
+    LeaseLost,
+    LedgerError,
+    StaleAttempt,
+    TaskClosed,
+    UnknownTask,
+    VersionConflict,
+)
+from ledger.keys import ConversationKeys, Keys
+from ledger.models import (
+    Ack,
+    ApplyResult,
+    AuditEntry,
+    DecisionEvent,
+    DecisionMeta,
+    LedgerSnapshot,
+    Message,
+    Op,
+    Task,
+)
+
+#: At least this many applied turn ids are remembered per conversation ...
+APPLIED_KEEP = 10_000
+#: ... and every turn id applied within this window, whichever set is larger.
+APPLIED_TTL_MS = 24 * 3600 * 1000
+DECISIONS_MAX = 100_000
+
+_APPLY_LUA = importlib.resources.files("ledger").joinpath("lua/apply.lua").read_text("utf-8")
+
+
+class _ApplyRequest(msgspec.Struct, omit_defaults=True):
+    conv: str
+    turn: str
+    expected: int
+    ops: Sequence[Op]
+    transcript_max: int
+    applied_keep: int
+    applied_ttl_ms: int
+    decisions_max: int
+    decision: DecisionMeta | None = None
+    messages: Sequence[Message] = ()
+    token: str = ""
+    ack: dict[str, str] | None = None
+    event: str = ""
+
+
+_task_decoder = msgspec.json.Decoder(Task)
+_message_decoder = msgspec.json.Decoder(Message)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class _Reject:
+    """Maps a Lua rejection tuple to a typed exception."""
+
+    conversation_id: str
+    expected: int
+    partition: int
+
+    def error(self, reply: list[bytes | int]) -> LedgerError:
+        kind = _text(reply[0])
+        match kind:
+            case "conflict":
+                return VersionConflict(self.conversation_id, self.expected, int(reply[1]))
+            case "unknown":
+                return UnknownTask(self.conversation_id, _text(reply[1]))
+            case "closed":
+                return TaskClosed(self.conversation_id, _text(reply[1]), _text(reply[2]))
+            case "stale":
+                return StaleAttempt(self.conversation_id, _text(reply[1]), int(reply[2]), int(reply[3]))
+            case "lease":
+                return LeaseLost(self.partition)
+            case _:
+                return InvalidOp(_text(reply[1]) if len(reply) > 1 else kind)
+
+
+def _text(value: bytes | int | str) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _csv(value: bytes | int | str) -> list[str]:
+    text = _text(value)
+    return text.split(",") if text else []
+
+
+class Ledger:
+    """Per-conversation task ledger.
+
+    ``redis`` must be a ``redis.asyncio.Redis`` created with ``decode_responses=False``.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, *, transcript_max: int = 50) -> None:
+        if transcript_max < 1:
+            raise ValueError("transcript_max must be >= 1")
+        self.redis = redis
+        self.keys = keys
+        self.transcript_max = transcript_max
+        # register_script handles NOSCRIPT (e.g. after a Redis restart) by re-sending the body.
+        self._apply_script = redis.register_script(_APPLY_LUA)
+
+    def _script_keys(self, ck: ConversationKeys) -> list[str]:
+        pk = self.keys.partition(ck.partition)
+        return [
+            ck.meta, ck.tasks, ck.transcript, ck.audit, ck.applied, ck.results,
+            pk.outbox, pk.lease, pk.turns, pk.decisions, pk.conversations,
+        ]  # fmt: skip
+
+    async def apply(
+        self,
+        conversation_id: str,
+        expected_version: int | None,
+        turn_id: str,
+        ops: Sequence[Op],
+        *,
+        decision: DecisionMeta | None = None,
+        messages: Sequence[Message] = (),
+        fencing_token: str | None = None,
+        ack: Ack | None = None,
+        event: DecisionEvent | None = None,
+    ) -> ApplyResult:
+        """Apply ``ops`` atomically for ``turn_id``.
+
+        * Same ``turn_id`` again: returns the earlier result (``duplicate=True``), changes nothing.
+        * ``expected_version`` differs from the ledger's: raises :class:`VersionConflict`
+          (``None`` skips the check, for deterministic events that must apply whatever the version).
+        * Unknown or closed tasks, stale attempts: typed :class:`LedgerError`, nothing changed.
+        * ``fencing_token``: the partition lease must hold exactly this token, else :class:`LeaseLost`.
+        * ``ack``: the turn's stream entry is acknowledged in the same step (also for duplicates).
+        * ``event``: published on the partition's decisions stream with the new ledger version.
+        """
+        if not turn_id:
+            raise InvalidOp("turn_id is required")
+        if not ops:
+            raise InvalidOp("at least one op is required")
+        ck = self.keys.conversation(conversation_id)
+        if ack is not None and ack.stream != self.keys.partition(ck.partition).turns:
+            raise InvalidOp("ack must name the conversation's partition turn stream")
+        request = _ApplyRequest(
+            conv=conversation_id,
+            turn=turn_id,
+            expected=-1 if expected_version is None else expected_version,
+            ops=ops,
+            transcript_max=self.transcript_max,
+            applied_keep=APPLIED_KEEP,
+            applied_ttl_ms=APPLIED_TTL_MS,
+            decisions_max=DECISIONS_MAX,
+            decision=decision,
+            messages=messages,
+            token=fencing_token or "",
+            ack={"group": ack.group, "id": ack.entry_id} if ack else None,
+            event=_encoder.encode(event).decode("utf-8") if event else "",
+        )
+        reply = await self._apply_script(keys=self._script_keys(ck), args=[_encoder.encode(request)])
+        if _text(reply[0]) != "ok":
+            raise _Reject(conversation_id, request.expected, ck.partition).error(reply)
+        return ApplyResult(
+            version=int(reply[1]),
+            created=_csv(reply[2]),
+            touched=_csv(reply[3]),
+            duplicate=bool(int(reply[4])),
+        )
+
+    async def snapshot(self, conversation_id: str) -> LedgerSnapshot:
+        """Version, tasks and transcript of a conversation in one round trip (MULTI/EXEC)."""
+        ck = self.keys.conversation(conversation_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(ck.meta, ["version", "applied_turns"])
+            pipe.hvals(ck.tasks)
+            pipe.lrange(ck.transcript, 0, -1)
+            (version, applied), raw_tasks, raw_messages = await pipe.execute()
+        tasks = sorted((_task_decoder.decode(r) for r in raw_tasks), key=_task_order)
+        return LedgerSnapshot(
+            conversation_id=conversation_id,
+            version=int(version or 0),
+            tasks=tasks,
+            transcript=[_message_decoder.decode(m) for m in raw_messages],
+            applied_turns=int(applied or 0),
+        )
+
+    async def audit(
+        self, conversation_id: str, *, task_id: str | None = None, count: int | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail of a conversation (or of one task), oldest first."""
+        ck = self.keys.conversation(conversation_id)
+        entries = await self.redis.xrange(ck.audit, count=count)
+        out = [_audit_entry(eid, fields) for eid, fields in entries]
+        if task_id is not None:
+            out = [e for e in out if e.task_id == task_id]
+        return out
+
+    async def was_applied(self, conversation_id: str, turn_id: str) -> bool:
+        ck = self.keys.conversation(conversation_id)
+        exists: bool = await self.redis.hexists(ck.results, turn_id)  # type: ignore[misc]
+        return exists
+
+
+def _task_order(task: Task) -> tuple[int, str]:
+    num = task.id.rpartition("-")[2]
+    return (int(num) if num.isdigit() else 1 << 62, task.id)
+
+
+def _opt_float(raw: bytes) -> float | None:
+    return float(raw) if raw else None
+
+
+def _opt_str(raw: bytes) -> str | None:
+    return raw.decode("utf-8") if raw else None
+
+
+def _audit_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
+    def f(name: str) -> bytes:
+        return fields.get(name.encode(), b"")
+
+    before, after = f("before"), f("after")
+    tv = f("tv")
+    return AuditEntry(
+        entry_id=entry_id.decode(),
+        turn_id=f("turn").decode("utf-8"),
+        op=f("op").decode(),
+        task_id=_opt_str(f("task")),
+        action=f("action").decode(),
+        tier=_opt_str(f("tier")),
+        confidence=_opt_float(f("conf")),
+        latency_ms=_opt_float(f("lat")),
+        reason=_opt_str(f("reason")),
+        ledger_version=int(f("lv")),
+        task_version=int(tv) if tv else None,
+        at=int(f("at")) / 1000.0,
+        before=_task_decoder.decode(before) if before else None,
+        after=_task_decoder.decode(after) if after else None,
+        raw=_opt_str(f("raw")),
+    )

@@ -1,0 +1,257 @@
+"""Ledger apply: every op, every rejection, idempotency, fencing, ack, audit and outbox (real Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from ledger import (
+    Ack,
+    CancelOp,
+    DecisionEvent,
+    DecisionMeta,
+    EventOp,
+    InvalidOp,
+    Keys,
+    LeaseLost,
+    Ledger,
+    Message,
+    NoteOp,
+    StaleAttempt,
+    StartOp,
+    TaskClosed,
+    TaskEvent,
+    TaskStatus,
+    UnknownTask,
+    UpdateOp,
+    VersionConflict,
+)
+
+CONV = "conv-1"
+
+
+async def test_start_creates_numbered_pending_tasks(ledger: Ledger) -> None:
+    r1 = await ledger.apply(CONV, 0, "t1", [StartOp("find flights to Porto")])
+    r2 = await ledger.apply(CONV, 1, "t2", [StartOp("book hotel"), StartOp("rent a car")])
+    assert (r1.version, r1.created) == (1, ["task-1"])
+    assert (r2.version, r2.created) == (2, ["task-2", "task-3"])
+    snap = await ledger.snapshot(CONV)
+    assert snap.version == 2 and snap.applied_turns == 2
+    assert [t.id for t in snap.tasks] == ["task-1", "task-2", "task-3"]
+    t1 = snap.task("task-1")
+    assert t1 is not None
+    assert t1.status is TaskStatus.PENDING and t1.summary == "find flights to Porto"
+    assert t1.version == 1 and t1.attempt == 1 and t1.created_by_turn == "t1"
+
+
+async def test_update_and_cancel_change_open_tasks(ledger: Ledger) -> None:
+    await ledger.apply(CONV, 0, "t1", [StartOp("find flights")])
+    await ledger.apply(CONV, 1, "t2", [UpdateOp("task-1", "only direct flights")])
+    snap = await ledger.snapshot(CONV)
+    task = snap.task("task-1")
+    assert task is not None
+    assert task.last_update == "only direct flights" and task.version == 2 and task.updated_by_turn == "t2"
+    await ledger.apply(CONV, 2, "t3", [CancelOp("task-1", "user booked it")])
+    task = (await ledger.snapshot(CONV)).task("task-1")
+    assert task is not None and task.status is TaskStatus.CANCELLED and task.version == 3
+
+
+@pytest.mark.parametrize(
+    ("events", "final"),
+    [
+        ([TaskEvent.STARTED, TaskEvent.PROGRESS, TaskEvent.COMPLETED], TaskStatus.COMPLETED),
+        ([TaskEvent.STARTED, TaskEvent.FAILED], TaskStatus.FAILED),
+        ([TaskEvent.COMPLETED], TaskStatus.COMPLETED),
+    ],
+)
+async def test_lifecycle_events(ledger: Ledger, events: list[TaskEvent], final: TaskStatus) -> None:
+    await ledger.apply(CONV, 0, "t0", [StartOp("job")])
+    for i, ev in enumerate(events):
+        await ledger.apply(CONV, None, f"e{i}", [EventOp("task-1", ev, text=f"text {i}")])
+    task = (await ledger.snapshot(CONV)).task("task-1")
+    assert task is not None and task.status is final
+    if final is TaskStatus.COMPLETED:
+        assert task.result == f"text {len(events) - 1}"
+
+
+@pytest.mark.parametrize("terminal", [TaskEvent.COMPLETED, TaskEvent.FAILED, "cancel"])
+async def test_terminal_states_are_final(ledger: Ledger, terminal: TaskEvent | str) -> None:
+    await ledger.apply(CONV, 0, "t0", [StartOp("job")])
+    close = CancelOp("task-1", "stop") if terminal == "cancel" else EventOp("task-1", TaskEvent(terminal))
+    await ledger.apply(CONV, 1, "t1", [close])
+    before = await ledger.snapshot(CONV)
+    for i, op in enumerate(
+        [
+            UpdateOp("task-1", "more"),
+            CancelOp("task-1", "again"),
+            EventOp("task-1", TaskEvent.STARTED),
+            EventOp("task-1", TaskEvent.PROGRESS, "late"),
+            EventOp("task-1", TaskEvent.COMPLETED, "late result"),
+        ]
+    ):
+        with pytest.raises(TaskClosed) as err:
+            await ledger.apply(CONV, None, f"late-{i}", [op])
+        assert err.value.task_id == "task-1"
+    assert await ledger.snapshot(CONV) == before
+
+
+async def test_unknown_task_rejected_and_nothing_changes(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    await ledger.apply(CONV, 0, "t0", [StartOp("job")])
+    before = await ledger.snapshot(CONV)
+    outbox_len = await redis.xlen(keys.partition(keys.partition_of(CONV)).outbox)
+    # a valid op before the bad one must not be applied either
+    with pytest.raises(UnknownTask) as err:
+        await ledger.apply(CONV, 1, "t1", [StartOp("other"), UpdateOp("task-9", "x")])
+    assert err.value.task_id == "task-9"
+    assert await ledger.snapshot(CONV) == before
+    assert await redis.xlen(keys.partition(keys.partition_of(CONV)).outbox) == outbox_len
+    assert len(await ledger.audit(CONV)) == 1
+    assert not await ledger.was_applied(CONV, "t1")
+
+
+async def test_version_conflict_carries_current_version(ledger: Ledger) -> None:
+    await ledger.apply(CONV, 0, "t0", [NoteOp("hi")])
+    with pytest.raises(VersionConflict) as err:
+        await ledger.apply(CONV, 0, "t1", [NoteOp("stale")])
+    assert err.value.current == 1 and err.value.expected == 0
+
+
+async def test_stale_attempt_refused(ledger: Ledger) -> None:
+    await ledger.apply(CONV, 0, "t0", [StartOp("job")])
+    await ledger.apply(CONV, None, "e1", [EventOp("task-1", TaskEvent.STARTED, attempt=1)])
+    await ledger.apply(CONV, None, "e2", [EventOp("task-1", TaskEvent.STARTED, attempt=2)])
+    with pytest.raises(StaleAttempt):
+        await ledger.apply(
+            CONV, None, "e3", [EventOp("task-1", TaskEvent.COMPLETED, "old result", attempt=1)]
+        )
+    task = (await ledger.snapshot(CONV)).task("task-1")
+    assert task is not None and task.attempt == 2 and task.status is TaskStatus.RUNNING
+
+
+async def test_same_turn_twice_applies_once(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    first = await ledger.apply(CONV, 0, "turn-a", [StartOp("job")])
+    again = await ledger.apply(CONV, 0, "turn-a", [StartOp("job")])
+    also = await ledger.apply(CONV, 7, "turn-a", [UpdateOp("task-1", "ignored")])
+    assert not first.duplicate and again.duplicate and also.duplicate
+    assert (again.version, again.created, again.touched) == (first.version, first.created, first.touched)
+    snap = await ledger.snapshot(CONV)
+    assert snap.version == 1 and len(snap.tasks) == 1 and snap.applied_turns == 1
+    assert len(await ledger.audit(CONV)) == 1
+    assert await redis.xlen(keys.partition(keys.partition_of(CONV)).outbox) == 1
+
+
+async def test_invalid_ops(ledger: Ledger) -> None:
+    with pytest.raises(InvalidOp):
+        await ledger.apply(CONV, 0, "t", [])
+    with pytest.raises(InvalidOp):
+        await ledger.apply(CONV, 0, "", [NoteOp()])
+    with pytest.raises(InvalidOp):
+        await ledger.apply(CONV, 0, "t", [StartOp("")])
+
+
+async def test_audit_records_decision_and_before_after(ledger: Ledger) -> None:
+    meta = DecisionMeta(
+        action="start_task", tier="embedded", confidence=0.91, latency_ms=1.5, raw="start_task(x)"
+    )
+    await ledger.apply(CONV, 0, "t0", [StartOp("x")], decision=meta)
+    upd = DecisionMeta(action="update_task", tier="sglang", confidence=0.7, latency_ms=80.0)
+    await ledger.apply(CONV, 1, "t1", [UpdateOp("task-1", "y")], decision=upd)
+    await ledger.apply(
+        CONV, 2, "t2", [NoteOp("hello")], decision=DecisionMeta(action="reply", tier="embedded")
+    )
+    trail = await ledger.audit(CONV)
+    assert [(e.turn_id, e.op, e.task_id, e.action) for e in trail] == [
+        ("t0", "start", "task-1", "start_task"),
+        ("t1", "update", "task-1", "update_task"),
+        ("t2", "note", None, "reply"),
+    ]
+    assert trail[0].before is None and trail[0].after is not None and trail[0].raw == "start_task(x)"
+    assert trail[1].tier == "sglang" and trail[1].confidence == pytest.approx(0.7)
+    assert trail[1].before is not None and trail[1].before.last_update == "queued"
+    assert trail[1].after is not None and trail[1].after.last_update == "y"
+    assert [e.ledger_version for e in trail] == [1, 2, 3]
+    assert [e.turn_id for e in await ledger.audit(CONV, task_id="task-1")] == ["t0", "t1"]
+
+
+async def test_outbox_entries(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    await ledger.apply(CONV, 0, "t0", [StartOp("job")])
+    await ledger.apply(CONV, 1, "t1", [UpdateOp("task-1", "faster")])
+    await ledger.apply(CONV, 2, "t2", [CancelOp("task-1", "enough")])
+    await ledger.apply(CONV, 3, "t3", [NoteOp("reply")])
+    entries = await redis.xrange(keys.partition(keys.partition_of(CONV)).outbox)
+    got = [(f[b"kind"], f[b"task"], f[b"text"], f[b"attempt"]) for _, f in entries]
+    assert got == [
+        (b"start", b"task-1", b"job", b"1"),
+        (b"update", b"task-1", b"faster", b"1"),
+        (b"cancel", b"task-1", b"enough", b"1"),
+    ]
+
+
+async def test_transcript_is_capped(ledger: Ledger) -> None:
+    for i in range(8):
+        await ledger.apply(CONV, i, f"t{i}", [NoteOp()], messages=[Message(role="user", content=f"m{i}")])
+    snap = await ledger.snapshot(CONV)
+    assert [m.content for m in snap.transcript] == ["m3", "m4", "m5", "m6", "m7"]
+    assert all(m.at > 0 for m in snap.transcript)
+
+
+async def test_fencing_token_and_ack_in_same_step(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    pk = keys.partition(keys.partition_of(CONV))
+    await redis.xgroup_create(pk.turns, "g", id="0", mkstream=True)
+    eid = await redis.xadd(pk.turns, {"x": "1"})
+    await redis.xreadgroup("g", "c1", {pk.turns: ">"})
+    await redis.set(pk.lease, "tok-2")
+    with pytest.raises(LeaseLost):
+        await ledger.apply(
+            CONV, 0, "t0", [NoteOp()], fencing_token="tok-1", ack=Ack(pk.turns, "g", eid.decode())
+        )
+    assert (await redis.xpending(pk.turns, "g"))["pending"] == 1
+    assert (await ledger.snapshot(CONV)).version == 0
+    await ledger.apply(CONV, 0, "t0", [NoteOp()], fencing_token="tok-2", ack=Ack(pk.turns, "g", eid.decode()))
+    assert (await redis.xpending(pk.turns, "g"))["pending"] == 0
+
+
+async def test_decision_event_published_with_version(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    ev = DecisionEvent(
+        conversation_id=CONV, turn_id="t0", action="reply", args={"text": "hi"}, tier="embedded",
+        confidence=0.9, latency_ms=1.0,
+    )  # fmt: skip
+    await ledger.apply(CONV, 0, "t0", [NoteOp("hi")], event=ev)
+    entries = await redis.xrange(keys.partition(keys.partition_of(CONV)).decisions)
+    assert len(entries) == 1
+    assert entries[0][1][b"lv"] == b"1" and b'"action":"reply"' in entries[0][1][b"data"]
+
+
+async def test_applied_record_is_bounded(redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ledger.store as store
+
+    monkeypatch.setattr(store, "APPLIED_KEEP", 5)
+    monkeypatch.setattr(store, "APPLIED_TTL_MS", 0)
+    led = Ledger(redis, keys)
+    for i in range(12):
+        await led.apply(CONV, None, f"t{i}", [NoteOp()])
+    ck = keys.conversation(CONV)
+    assert await redis.zcard(ck.applied) == 5
+    assert await redis.hlen(ck.results) == 5
+    assert await led.was_applied(CONV, "t11") and not await led.was_applied(CONV, "t0")
+
+
+async def test_keys_share_partition_hash_tag(keys: Keys) -> None:
+    ck = keys.conversation("abc")
+    pk = keys.partition(ck.partition)
+    tag = f"{{{ck.partition}}}"
+    for key in (
+        ck.meta,
+        ck.tasks,
+        ck.audit,
+        ck.transcript,
+        ck.applied,
+        ck.results,
+        pk.turns,
+        pk.outbox,
+        pk.lease,
+    ):
+        assert key.startswith(f"{keys.prefix}:{tag}:")
+    assert Keys(prefix="x", partitions=16).partition_of("abc") == Keys(
+        prefix="y", partitions=16
+    ).partition_of("abc")

@@ -31,9 +31,7 @@ class LocalRedis:
     The data directory survives ``kill()`` so a restart on the same dir replays the AOF.
     """
 
-    def __init__(
-        self, *, data_dir: Path | None = None, port: int | None = None, appendonly: bool = True
-    ) -> None:
+    def __init__(self, *, data_dir: Path | None = None, port: int | None = None, appendonly: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisServerError(f"redis-server not found on PATH; {INSTALL_HINT}")

@@ -20,9 +20,7 @@ class Settings(BaseSettings):
 
     # intent tiers
     intent_tiers: str = Field("embedded", description="Comma-separated cascade, e.g. embedded,sglang,openai")
-    embedded_model: str | None = Field(
-        None, description="Path of an embedded model artefact (default: shipped)"
-    )
+    embedded_model: str | None = Field(None, description="Path of an embedded model artefact (default: shipped)")
     sglang_url: str = Field("http://localhost:30000", description="SGLang server for the student tier")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL for the teacher tier")
     openai_model: str | None = Field(None, description="Teacher model name")

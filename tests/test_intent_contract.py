@@ -180,9 +180,7 @@ def test_json_schema_without_open_tasks_has_no_update_or_cancel() -> None:
     actions = {b["properties"]["action"]["enum"][0] for b in schema["anyOf"]}
     assert actions == {"reply", "start_task", "noop"}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(
-            {"action": "cancel_task", "args": {"task_id": "task-1", "explanation": "x"}}, schema
-        )
+        jsonschema.validate({"action": "cancel_task", "args": {"task_id": "task-1", "explanation": "x"}}, schema)
 
 
 def _ebnf_rules(grammar: str) -> dict[str, str]:

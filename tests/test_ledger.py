@@ -121,9 +121,7 @@ async def test_stale_attempt_refused(ledger: Ledger) -> None:
     await ledger.apply(CONV, None, "e1", [EventOp("task-1", TaskEvent.STARTED, attempt=1)])
     await ledger.apply(CONV, None, "e2", [EventOp("task-1", TaskEvent.STARTED, attempt=2)])
     with pytest.raises(StaleAttempt):
-        await ledger.apply(
-            CONV, None, "e3", [EventOp("task-1", TaskEvent.COMPLETED, "old result", attempt=1)]
-        )
+        await ledger.apply(CONV, None, "e3", [EventOp("task-1", TaskEvent.COMPLETED, "old result", attempt=1)])
     task = (await ledger.snapshot(CONV)).task("task-1")
     assert task is not None and task.attempt == 2 and task.status is TaskStatus.RUNNING
 
@@ -150,15 +148,11 @@ async def test_invalid_ops(ledger: Ledger) -> None:
 
 
 async def test_audit_records_decision_and_before_after(ledger: Ledger) -> None:
-    meta = DecisionMeta(
-        action="start_task", tier="embedded", confidence=0.91, latency_ms=1.5, raw="start_task(x)"
-    )
+    meta = DecisionMeta(action="start_task", tier="embedded", confidence=0.91, latency_ms=1.5, raw="start_task(x)")
     await ledger.apply(CONV, 0, "t0", [StartOp("x")], decision=meta)
     upd = DecisionMeta(action="update_task", tier="sglang", confidence=0.7, latency_ms=80.0)
     await ledger.apply(CONV, 1, "t1", [UpdateOp("task-1", "y")], decision=upd)
-    await ledger.apply(
-        CONV, 2, "t2", [NoteOp("hello")], decision=DecisionMeta(action="reply", tier="embedded")
-    )
+    await ledger.apply(CONV, 2, "t2", [NoteOp("hello")], decision=DecisionMeta(action="reply", tier="embedded"))
     trail = await ledger.audit(CONV)
     assert [(e.turn_id, e.op, e.task_id, e.action) for e in trail] == [
         ("t0", "start", "task-1", "start_task"),
@@ -202,9 +196,7 @@ async def test_fencing_token_and_ack_in_same_step(ledger: Ledger, redis: Redis, 
     await redis.xreadgroup("g", "c1", {pk.turns: ">"})
     await redis.set(pk.lease, "tok-2")
     with pytest.raises(LeaseLost):
-        await ledger.apply(
-            CONV, 0, "t0", [NoteOp()], fencing_token="tok-1", ack=Ack(pk.turns, "g", eid.decode())
-        )
+        await ledger.apply(CONV, 0, "t0", [NoteOp()], fencing_token="tok-1", ack=Ack(pk.turns, "g", eid.decode()))
     assert (await redis.xpending(pk.turns, "g"))["pending"] == 1
     assert (await ledger.snapshot(CONV)).version == 0
     await ledger.apply(CONV, 0, "t0", [NoteOp()], fencing_token="tok-2", ack=Ack(pk.turns, "g", eid.decode()))
@@ -252,6 +244,4 @@ async def test_keys_share_partition_hash_tag(keys: Keys) -> None:
         pk.lease,
     ):
         assert key.startswith(f"{keys.prefix}:{tag}:")
-    assert Keys(prefix="x", partitions=16).partition_of("abc") == Keys(
-        prefix="y", partitions=16
-    ).partition_of("abc")
+    assert Keys(prefix="x", partitions=16).partition_of("abc") == Keys(prefix="y", partitions=16).partition_of("abc")

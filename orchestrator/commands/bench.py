@@ -65,6 +65,4 @@ def bench_apply(count: int, conversations: int, redis_url: str | None, as_json: 
         print_json(result)
     else:
         ms: dict[str, float] = result["apply_ms"]  # type: ignore[assignment]
-        click.echo(
-            f"{count} applies: p50 {ms['p50']} ms, p99 {ms['p99']} ms, {result['applies_per_s']} applies/s"
-        )
+        click.echo(f"{count} applies: p50 {ms['p50']} ms, p99 {ms['p99']} ms, {result['applies_per_s']} applies/s")

@@ -33,13 +33,13 @@ def loop_settings(redis_url: str, prefix: str, **overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
-async def wait_until(pred: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(pred: Callable[[], Awaitable[bool]], within: float, what: str, every: float = 0.02) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await pred():
             return
         await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 async def pending_total(redis: Redis, keys: Keys) -> int:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.commands import bench, workers
+from orchestrator.commands import bench, inspect, orchestrate, publish, workers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,6 +20,11 @@ def cli() -> None:
 
 
 cli.add_command(bench.bench)
+cli.add_command(orchestrate.orchestrator)
+cli.add_command(publish.publish)
+cli.add_command(inspect.ledger_cmd)
+cli.add_command(inspect.audit_cmd)
+cli.add_command(inspect.tail_cmd)
 cli.add_command(workers.workers)
 cli.add_command(workers.dispatcher)
 

@@ -59,6 +59,29 @@ class Settings(BaseSettings):
     )
     task_llm_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one llm handler request")
 
+    # orchestrator loop (docs/orchestrator.md)
+    instance_id: str | None = Field(None, description="Orchestrator instance id (default: host-pid-random)")
+    lease_ms: int = Field(
+        5000, ge=200, description="Partition lease and heartbeat lifetime; a dead instance's partitions move after it"
+    )
+    max_in_flight: int = Field(
+        512, ge=1, description="Turns read but not yet committed, over all partitions (backpressure bound)"
+    )
+    read_batch: int = Field(128, ge=1, description="Entries per XREADGROUP call")
+    read_block_ms: int = Field(500, ge=10, description="XREADGROUP BLOCK time (also bounds how fast reading stops)")
+    max_deliveries: int = Field(5, ge=1, description="An entry delivered more times than this is dead-lettered")
+    conflict_retries: int = Field(3, ge=0, description="Re-reads and re-decisions after a ledger version conflict")
+    decision_timeout_ms: int = Field(2000, ge=1, description="Deadline of one routing decision (model tiers included)")
+    grace_s: float = Field(10.0, ge=0, description="Shutdown: time to finish in-flight turns before cancelling them")
+    max_content_bytes: int = Field(16 * 1024, ge=1, description="Largest accepted turn content (UTF-8 bytes)")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics and /health endpoint")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics and /health (0 disables them)")
+    log_format: str = Field("auto", pattern="^(auto|json|console)$", description="Log format: auto, json or console")
+    log_level: str = Field("info", description="Log level (debug, info, warning, error)")
+    scripted_latency_ms: float = Field(
+        0.0, ge=0, description="Simulated decision time of the scripted test/bench backend"
+    )
+
     @field_validator("prefix")
     @classmethod
     def _prefix_ok(cls, v: str) -> str:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.commands import bench, inspect, orchestrate, publish, workers
+from orchestrator.commands import bench, demo, inspect, orchestrate, publish, workers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +27,7 @@ cli.add_command(inspect.audit_cmd)
 cli.add_command(inspect.tail_cmd)
 cli.add_command(workers.workers)
 cli.add_command(workers.dispatcher)
+cli.add_command(demo.demo)
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -14,6 +13,7 @@ import click
 from intent.backend import Backend, BackendError
 from intent.embedded import EmbeddedBackend
 from intent.evaluation import RowResult, baseline_regressions, compare, evaluate_backend, load_predictions, report
+from orchestrator.backends import BackendConfigError, build_backend
 from orchestrator.commands.common import fail, load_settings, print_json, run
 from orchestrator.commands.dataset import load_or_fail
 from orchestrator.settings import Settings
@@ -69,17 +69,18 @@ def train_cmd(data: tuple[Path, ...], output: Path, folds: int, seed: int, as_js
         click.echo(f"wrote {output} ({summary['bytes']} bytes): {json.dumps(model.info, ensure_ascii=False)}")
 
 
-def build_backend(name: str, settings: Settings, model: Path | None) -> Backend:
-    """The backend to evaluate: the embedded tier directly, others from the router's factory."""
+def build_eval_backend(name: str, settings: Settings, model: Path | None) -> Backend:
+    """The backend to evaluate: the embedded tier (optionally another artefact) or the router's factory.
+
+    ``cascade`` evaluates the configured ``SRAQ_INTENT_TIERS``; ``sglang``/``openai`` evaluate that one tier.
+    """
     if name == "embedded":
         return EmbeddedBackend.load(model or settings.embedded_model)
-    try:
-        factory = importlib.import_module("orchestrator.backends").build_backend
-    except (ImportError, AttributeError):
-        fail(f"backend {name!r} needs the tier factory (orchestrator.backends.build_backend), not in this build", 2)
     tiers = settings.intent_tiers if name == "cascade" else name
-    backend: Backend = factory(settings.model_copy(update={"intent_tiers": tiers}))
-    return backend
+    try:
+        return build_backend(settings.model_copy(update={"intent_tiers": tiers}))
+    except BackendConfigError as exc:
+        fail(f"cannot build backend {name!r}: {exc}", 2)
 
 
 async def _evaluate(backend: Backend, examples: list[Any], progress: bool) -> list[RowResult]:
@@ -153,7 +154,7 @@ def eval_cmd(
     examples = result.examples[:limit] if limit else result.examples
     settings = load_settings()
     try:
-        backend = build_backend(backend_name, settings, model)
+        backend = build_eval_backend(backend_name, settings, model)
     except BackendError as exc:
         fail(str(exc), 2)
     rows = run(_evaluate(backend, examples, progress=sys.stderr.isatty()))

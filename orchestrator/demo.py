@@ -95,9 +95,9 @@ class ProcessStack:
             await self._spawn(f"worker-{i + 1}", "workers", "--max-jobs", "10")
         await self._wait_healthy()
 
-    async def _wait_healthy(self, timeout: float = 30.0) -> None:
+    async def _wait_healthy(self, within_s: float = 30.0) -> None:
         url = f"http://127.0.0.1:{self.metrics_port}/health"
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 self._check_alive()
@@ -106,7 +106,7 @@ class ProcessStack:
                         if resp.status == 200:
                             return
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"the orchestrator did not become healthy within {timeout:g}s; see {self.workdir}")
+        raise RuntimeError(f"the orchestrator did not become healthy within {within_s:g}s; see {self.workdir}")
 
     def _check_alive(self) -> None:
         for child in self.children:

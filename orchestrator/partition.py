@@ -180,6 +180,7 @@ class PartitionWorker:
                     )  # fmt: skip
                 except TRANSIENT as exc:
                     failures += 1
+                    self.metrics.redis_errors.inc()
                     self.log.warning("read_failed", error=str(exc), retry=failures)
                     await self._sleep(backoff(failures))
                     continue
@@ -231,6 +232,7 @@ class PartitionWorker:
                 counts = await self._delivery_counts([e[0].decode() for e in entries if e[1] is not None])
             except TRANSIENT as exc:
                 attempt += 1
+                self.metrics.redis_errors.inc()
                 self.log.warning("recover_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
                 continue
@@ -283,6 +285,7 @@ class PartitionWorker:
                 result = await self._dead_letter(keys=[self.pk.lease, self.pk.turns, self.pk.dead], args=args)
                 break
             except TRANSIENT as exc:
+                self.metrics.redis_errors.inc()
                 self.log.warning("dead_letter_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
         if int(result) == -1:
@@ -306,7 +309,8 @@ class PartitionWorker:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     # ------------------------------------------------------------------ processing
 
@@ -325,6 +329,7 @@ class PartitionWorker:
                 # the turn is fine, Redis is not: retry until it is back (or the lease lapses and the
                 # runtime aborts this partition; the entry then stays pending for the next owner)
                 transient += 1
+                self.metrics.redis_errors.inc()
                 self.log.warning("turn_retry", turn_id=entry.turn.turn_id, error=str(exc), retry=transient)
                 await asyncio.sleep(backoff(transient))
             except Exception as exc:

@@ -258,7 +258,8 @@ class TurnProcessor:
         started = time.perf_counter()
         try:
             # the deadline is also enforced here: a tier that ignores it cannot stall the lane
-            decision = await asyncio.wait_for(self.backend.decide(request), self.decision_timeout + 0.05)
+            async with asyncio.timeout(self.decision_timeout + 0.05):
+                decision = await self.backend.decide(request)
             intent = validate_intent(decision.intent, [t.id for t in tasks if t.status in ("pending", "running")])
             ops = intent_ops(intent)
         except Exception as exc:

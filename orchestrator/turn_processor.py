@@ -208,6 +208,11 @@ class TurnProcessor:
             detail = f"ledger kept changing after {self.conflict_retries} re-decisions"
             plan = self._failed(turn, event_op, "conflict", detail, [])
             result = await commit.fallback(plan)
+        log.debug(
+            "turn_committed", conversation_id=conv, turn_id=turn.turn_id, entry_id=entry.entry_id,
+            partition=lease.partition, token=lease.token, action=plan.meta.action, tier=plan.meta.tier,
+            version=result.version, duplicate=result.duplicate, deliveries=entry.deliveries,
+        )  # fmt: skip
         overhead_ms = max(0.0, (time.perf_counter() - entry.read_at - model_s) * 1000)
         self.metrics.overhead.observe(overhead_ms / 1000)
         self.metrics.turns.labels(plan.meta.action, "duplicate" if result.duplicate else "committed").inc()

@@ -25,7 +25,8 @@ async def _publish_paced(publisher: Publisher, expected: dict[str, list[str]], b
     """Publish every conversation's turns in order, spread over ``batches`` pipelined rounds."""
     per = len(next(iter(expected.values()))) // batches
     for b in range(batches):
-        turns = [make_turn(c, f"say {t}", turn_id=t) for c, ids in expected.items() for t in ids[b * per : (b + 1) * per]]
+        rows = [(c, t) for c, ids in expected.items() for t in ids[b * per : (b + 1) * per]]
+        turns = [make_turn(c, f"say {t}", turn_id=t) for c, t in rows]
         await publisher.publish_many(turns)
         await asyncio.sleep(pause)
 

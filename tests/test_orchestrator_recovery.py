@@ -61,9 +61,7 @@ async def _count_dead(redis: Redis, keys: Keys, n: int) -> bool:
     return len(await dead_letters(redis, keys)) >= n
 
 
-async def test_new_owner_recovers_pending_trimmed_and_overdelivered(
-    redis_url: str, prefix: str, redis: Redis
-) -> None:
+async def test_new_owner_recovers_pending_trimmed_and_overdelivered(redis_url: str, prefix: str, redis: Redis) -> None:
     settings = loop_settings(redis_url, prefix, max_deliveries=5)
     keys = settings.keys()
     ledger = Ledger(redis, keys)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.commands import bench
+from orchestrator.commands import bench, intent_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,6 +20,7 @@ def cli() -> None:
 
 
 cli.add_command(bench.bench)
+cli.add_command(intent_cli.intent)
 
 
 def main() -> None:

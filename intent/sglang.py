@@ -217,7 +217,7 @@ class SGLangBackend:
                 payload = await resp.read()
                 status = resp.status
         except aiohttp.ClientError as exc:
-            raise _Retryable(f"transport: {exc!r}") from exc
+            raise _Retryable(f"transport: {exc}") from exc
         transport_ms = (time.perf_counter() - t) * 1000
         self._check_status(status, payload)
         try:
@@ -268,7 +268,7 @@ class SGLangBackend:
                                 )
                             )
         except aiohttp.ClientError as exc:
-            raise _Retryable(f"transport: {exc!r}") from exc
+            raise _Retryable(f"transport: {exc}") from exc
         if last is None:
             raise BackendError(self.name, "stream ended without a chunk")
         return last, (time.perf_counter() - t) * 1000, early_ms

@@ -9,7 +9,7 @@ from ledger.errors import (
     UnknownTask,
     VersionConflict,
 )
-from ledger.keys import Keys, partition_of
+from ledger.keys import Keys, TaskKeys, partition_of
 from ledger.models import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
@@ -56,6 +56,7 @@ __all__ = [
     "Task",
     "TaskClosed",
     "TaskEvent",
+    "TaskKeys",
     "TaskStatus",
     "UnknownTask",
     "UpdateOp",

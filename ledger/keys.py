@@ -15,7 +15,10 @@ Layout (``P`` partitions, hash tag ``{p}`` so one partition lives in one Redis C
     {prefix}:{p}:c:{conv}:applied        sorted set: turn id -> applied-at (ms)
     {prefix}:{p}:c:{conv}:results        hash: turn id -> stored apply result
     {prefix}:conversations:{p}           set of conversation ids seen in partition p
+    {prefix}:{p}:c:{conv}:t:{task}:updates  stream of task updates delivered to the running handler
+    {prefix}:{p}:c:{conv}:t:{task}:run      hash: dispatch generation, job id, run attempts, stop time
     {prefix}:instances                   sorted set of live orchestrator instances (heartbeat)
+    {prefix}:queue                       the arq job queue (arq's own ``arq:job:*`` keys are global)
 
 Tests isolate themselves by using a unique prefix, never by flushing the database.
 """
@@ -50,6 +53,17 @@ class ConversationKeys:
     audit: str
     applied: str
     results: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKeys:
+    """The worker-side keys of one task (dispatch state and live updates); in the partition's slot."""
+
+    conversation_id: str
+    task_id: str
+    partition: int
+    updates: str
+    run: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,23 @@ class Keys:
             applied=f"{base}:applied",
             results=f"{base}:results",
         )
+
+    def task(self, conversation_id: str, task_id: str) -> TaskKeys:
+        """Keys of one task: its update stream (read by the handler) and its dispatch/run record."""
+        ck = self.conversation(conversation_id)
+        base = f"{ck.meta.removesuffix(':meta')}:t:{task_id}"
+        return TaskKeys(
+            conversation_id=conversation_id,
+            task_id=task_id,
+            partition=ck.partition,
+            updates=f"{base}:updates",
+            run=f"{base}:run",
+        )
+
+    @property
+    def queue(self) -> str:
+        """Name of the arq queue (sorted set) the dispatcher enqueues into and workers poll."""
+        return f"{self.prefix}:queue"
 
     @property
     def instances(self) -> str:

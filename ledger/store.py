@@ -202,6 +202,11 @@ class Ledger:
             out = [e for e in out if e.task_id == task_id]
         return out
 
+    async def task(self, conversation_id: str, task_id: str) -> Task | None:
+        """One task as committed (one HGET), or None when the conversation has no such task."""
+        raw: bytes | None = await self.redis.hget(self.keys.conversation(conversation_id).tasks, task_id)  # type: ignore[misc]
+        return _task_decoder.decode(raw) if raw is not None else None
+
     async def was_applied(self, conversation_id: str, turn_id: str) -> bool:
         ck = self.keys.conversation(conversation_id)
         exists: bool = await self.redis.hexists(ck.results, turn_id)  # type: ignore[misc]

@@ -1,13 +1,17 @@
-"""Build the intent backends and the cascade from :class:`~orchestrator.settings.Settings`.
+"""Build the backend the loop asks for decisions, from ``Settings`` (``SRAQ_INTENT_TIERS``).
 
-``SRAQ_INTENT_TIERS=embedded,sglang,openai`` lists the tiers in cascade order; each tier reads its own
-URL/model/threshold/deadline variables (``SRAQ_SGLANG_*``, ``SRAQ_OPENAI_*``, ``SRAQ_EMBEDDED_*``).
+One builder per tier name in :data:`BUILDERS`. A single tier is used as is (its raw confidence, no
+threshold: what ``sraq intent eval --backend sglang`` measures); several tiers become a cascade
+:class:`~intent.router.Router` with each tier's threshold and deadline from :data:`TIER_LIMITS`
+(``SRAQ_SGLANG_THRESHOLD``, ``SRAQ_OPENAI_DEADLINE_MS``, ...). ``scripted`` is the deterministic
+test/bench backend of :mod:`orchestrator.scripted` (not a model).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from intent.backend import Backend
 from intent.calibration import Calibration
@@ -18,11 +22,9 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:
     from intent.openai_backend import OpenAIBackend
 
-TIER_NAMES = ("embedded", "sglang", "openai")
 
-
-class TierConfigError(ValueError):
-    """A tier name or its configuration is not usable (exit code 2 in the CLI)."""
+class BackendConfigError(ValueError):
+    """The configured tiers cannot be built (unknown name, missing artefact, missing module)."""
 
 
 def _calibration(path: str | None) -> Calibration:
@@ -31,10 +33,28 @@ def _calibration(path: str | None) -> Calibration:
     try:
         return Calibration.load(path)
     except (OSError, ValueError) as exc:
-        raise TierConfigError(f"cannot read calibration {path}: {exc}") from exc
+        raise BackendConfigError(f"cannot read calibration {path}: {exc}") from None
 
 
-def sglang_backend(settings: Settings) -> SGLangBackend:
+def _scripted(settings: Settings) -> Backend:
+    from orchestrator.scripted import ScriptedBackend
+
+    return ScriptedBackend(latency_ms=settings.scripted_latency_ms)
+
+
+def _embedded(settings: Settings) -> Backend:
+    try:
+        module = importlib.import_module("intent.embedded")
+    except ImportError as exc:
+        raise BackendConfigError(f"the embedded tier is not available in this build ({exc})") from None
+    try:
+        backend: Backend = module.EmbeddedBackend.load(settings.embedded_model)
+    except Exception as exc:
+        raise BackendConfigError(f"cannot load the embedded model: {exc}") from None
+    return backend
+
+
+def _sglang(settings: Settings) -> SGLangBackend:
     return SGLangBackend(
         SGLangConfig(
             url=settings.sglang_url,
@@ -48,11 +68,11 @@ def sglang_backend(settings: Settings) -> SGLangBackend:
     )
 
 
-def openai_backend(settings: Settings) -> OpenAIBackend:
+def _openai(settings: Settings) -> OpenAIBackend:
     from intent.openai_backend import OpenAIBackend, OpenAIConfig  # the openai package takes ~1 s to import
 
     if not settings.openai_model:
-        raise TierConfigError("the openai tier needs SRAQ_OPENAI_MODEL (and usually SRAQ_OPENAI_BASE_URL)")
+        raise BackendConfigError("the openai tier needs SRAQ_OPENAI_MODEL (and usually SRAQ_OPENAI_BASE_URL)")
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else None
     config = OpenAIConfig(
         base_url=settings.openai_base_url,
@@ -65,51 +85,37 @@ def openai_backend(settings: Settings) -> OpenAIBackend:
     return OpenAIBackend(config, api_key=key)
 
 
-def embedded_backend(settings: Settings) -> Backend:
-    """The CPU tier (issue 6). Resolved lazily so this module works before that tier lands."""
-    try:
-        module: Any = importlib.import_module("intent.embedded")
-    except ImportError as exc:
-        raise TierConfigError("the embedded tier is not available in this build") from exc
-    factory = getattr(module, "from_settings", None) or getattr(module, "build_embedded", None)
-    if factory is None:
-        raise TierConfigError("intent.embedded has no from_settings/build_embedded factory")
-    backend: Backend = factory(settings)
-    return backend
+#: Tier name -> builder.
+BUILDERS: dict[str, Callable[[Settings], Backend]] = {
+    "scripted": _scripted,
+    "embedded": _embedded,
+    "sglang": _sglang,
+    "openai": _openai,
+}
 
 
-def tier_backend(name: str, settings: Settings) -> Backend:
-    """One tier's backend alone (no cascade), e.g. for ``sraq intent eval --backend sglang``."""
+def _limits(name: str, s: Settings) -> tuple[float, float, float | None]:
+    """(threshold, deadline seconds, hedge-after seconds) of a tier inside a cascade."""
     match name:
         case "sglang":
-            return sglang_backend(settings)
+            return s.sglang_threshold, s.sglang_deadline_ms / 1000, (s.sglang_hedge_ms or 0) / 1000 or None
         case "openai":
-            return openai_backend(settings)
+            return s.openai_threshold, s.openai_deadline_ms / 1000, None
         case "embedded":
-            return embedded_backend(settings)
+            return s.embedded_threshold, s.embedded_deadline_ms / 1000, None
         case _:
-            raise TierConfigError(f"unknown intent tier {name!r} (known: {', '.join(TIER_NAMES)})")
+            return 0.0, s.decision_timeout_ms / 1000, None
 
 
-def build_tiers(settings: Settings) -> list[Tier]:
+def build_backend(settings: Settings) -> Backend:
+    """One tier as is, or the cascade router over several; raises :class:`BackendConfigError` clearly."""
     names = settings.tiers()
     if not names:
-        raise TierConfigError("SRAQ_INTENT_TIERS is empty")
-    tiers: list[Tier] = []
-    for name in names:
-        backend = tier_backend(name, settings)  # backends open connections lazily: nothing to undo on error
-        match name:
-            case "sglang":
-                hedge = settings.sglang_hedge_ms / 1000 if settings.sglang_hedge_ms else None
-                tier = Tier(backend, settings.sglang_threshold, settings.sglang_deadline_ms / 1000, hedge)
-            case "openai":
-                tier = Tier(backend, settings.openai_threshold, settings.openai_deadline_ms / 1000)
-            case _:
-                tier = Tier(backend, settings.embedded_threshold, settings.embedded_deadline_ms / 1000)
-        tiers.append(tier)
-    return tiers
-
-
-def build_backend(settings: Settings) -> Router:
-    """The cascade over ``SRAQ_INTENT_TIERS`` (a router even for one tier: thresholds and paths apply)."""
-    return Router(build_tiers(settings))
+        raise BackendConfigError("SRAQ_INTENT_TIERS is empty; name at least one tier (e.g. embedded)")
+    unknown = [t for t in names if t not in BUILDERS]
+    if unknown:
+        raise BackendConfigError(f"unknown intent tier(s) {unknown}; known: {sorted(BUILDERS)}")
+    if len(names) == 1:
+        return BUILDERS[names[0]](settings)
+    # backends open their connections lazily, so nothing needs closing if a later tier fails to build
+    return Router([Tier(BUILDERS[n](settings), *_limits(n, settings)) for n in names])

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.commands import bench, intent_cli
+from orchestrator.commands import bench, dataset, inspect, intent_cli, intent_train_eval, orchestrate, publish, workers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,7 +20,16 @@ def cli() -> None:
 
 
 cli.add_command(bench.bench)
+cli.add_command(dataset.dataset)
 cli.add_command(intent_cli.intent)
+intent_train_eval.register(intent_cli.intent)
+cli.add_command(orchestrate.orchestrator)
+cli.add_command(publish.publish)
+cli.add_command(inspect.ledger_cmd)
+cli.add_command(inspect.audit_cmd)
+cli.add_command(inspect.tail_cmd)
+cli.add_command(workers.workers)
+cli.add_command(workers.dispatcher)
 
 
 def main() -> None:

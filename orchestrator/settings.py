@@ -46,6 +46,62 @@ class Settings(BaseSettings):
     embedded_threshold: float = Field(0.9, ge=0, le=1, description="Embedded tier: accept at or above this confidence")
     embedded_deadline_ms: int = Field(50, ge=1, description="Embedded tier: deadline of one decision")
 
+    # workers and the outbox relay (issue 4; docs/workers.md)
+    worker_handler: str = Field("demo", description="Task handler run by `sraq workers`: a name or module:function")
+    handler_paths: str = Field("", description="Extra task handlers, comma-separated name=module:function")
+    worker_max_jobs: int = Field(20, ge=1, description="Jobs one worker process runs at once")
+    worker_poll_delay_s: float = Field(
+        0.02, ge=0.001, le=5, description="arq poll interval: bounds job pickup and cancel latency"
+    )
+    worker_shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, seconds running jobs get to finish before they are re-queued"
+    )
+    worker_health_interval_s: float = Field(10.0, gt=0, description="Seconds between worker health records")
+    task_timeout_s: float = Field(
+        60.0, gt=0, description="Limit of one handler run; a killed worker's job re-runs after this + 3 s"
+    )
+    task_max_tries: int = Field(3, ge=1, description="Runs of a failing task before it is reported failed")
+    task_retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per retry (max 30 s)")
+    task_keep_result_s: float = Field(
+        86_400.0, ge=0, description="How long arq keeps a job result (blocks re-enqueue of the same job id)"
+    )
+    dispatcher_claim_idle_ms: int = Field(
+        5000, ge=100, description="Outbox entries held this long by a dead relay are claimed by a live one"
+    )
+    demo_steps: int = Field(3, ge=1, description="Steps of the demo task handler")
+    demo_step_s: float = Field(0.4, ge=0, description="Seconds per step of the demo task handler")
+    task_llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL of the llm task handler (default: SRAQ_OPENAI_BASE_URL)"
+    )
+    task_llm_model: str | None = Field(None, description="Model of the llm task handler (default: SRAQ_OPENAI_MODEL)")
+    task_llm_api_key: SecretStr | None = Field(
+        None, description="API key of the llm task handler (default: SRAQ_OPENAI_API_KEY; never logged)"
+    )
+    task_llm_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one llm handler request")
+
+    # orchestrator loop (docs/orchestrator.md)
+    instance_id: str | None = Field(None, description="Orchestrator instance id (default: host-pid-random)")
+    lease_ms: int = Field(
+        5000, ge=200, description="Partition lease and heartbeat lifetime; a dead instance's partitions move after it"
+    )
+    max_in_flight: int = Field(
+        512, ge=1, description="Turns read but not yet committed, over all partitions (backpressure bound)"
+    )
+    read_batch: int = Field(128, ge=1, description="Entries per XREADGROUP call")
+    read_block_ms: int = Field(500, ge=10, description="XREADGROUP BLOCK time (also bounds how fast reading stops)")
+    max_deliveries: int = Field(5, ge=1, description="An entry delivered more times than this is dead-lettered")
+    conflict_retries: int = Field(3, ge=0, description="Re-reads and re-decisions after a ledger version conflict")
+    decision_timeout_ms: int = Field(2000, ge=1, description="Deadline of one routing decision (model tiers included)")
+    grace_s: float = Field(10.0, ge=0, description="Shutdown: time to finish in-flight turns before cancelling them")
+    max_content_bytes: int = Field(16 * 1024, ge=1, description="Largest accepted turn content (UTF-8 bytes)")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics and /health endpoint")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics and /health (0 disables them)")
+    log_format: str = Field("auto", pattern="^(auto|json|console)$", description="Log format: auto, json or console")
+    log_level: str = Field("info", description="Log level (debug, info, warning, error)")
+    scripted_latency_ms: float = Field(
+        0.0, ge=0, description="Simulated decision time of the scripted test/bench backend"
+    )
+
     @field_validator("prefix")
     @classmethod
     def _prefix_ok(cls, v: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from intent.router import Router
 from intent.sglang import SGLangBackend
-from orchestrator.backends import TierConfigError, build_backend
+from orchestrator.backends import BackendConfigError, build_backend
 from orchestrator.settings import Settings
 
 
@@ -83,7 +83,7 @@ def test_decide_failures_have_clear_exit_codes() -> None:
     assert bad_tier.returncode == 2 and "unknown intent tier" in bad_tier.stderr
     env = {"SRAQ_INTENT_TIERS": "sglang", "SRAQ_SGLANG_URL": "http://127.0.0.1:9"}
     down = sraq("intent", "decide", "hi", "--deadline-ms", "500", env=env)
-    assert down.returncode == 1 and down.stderr.startswith("sraq: undecided")
+    assert down.returncode == 1 and down.stderr.startswith("sraq: decision failed: sglang")
     bad_task = sraq("intent", "decide", "hi", "--task", "no-equals-sign")
     assert bad_task.returncode == 2
 
@@ -104,5 +104,7 @@ def test_factory_builds_the_configured_cascade() -> None:
     assert (student.threshold, student.deadline_s, student.hedge_after_s) == (0.7, 0.3, 0.12)
     assert (teacher.threshold, teacher.deadline_s) == (0.0, 15.0)
     assert "sk-secret-value" not in repr(teacher.backend)
-    with pytest.raises(TierConfigError):
+    with pytest.raises(BackendConfigError):
         build_backend(Settings(intent_tiers="openai"))  # no model configured
+    single = build_backend(Settings(intent_tiers="sglang"))
+    assert isinstance(single, SGLangBackend)  # one tier is used as is (raw confidence, no threshold)

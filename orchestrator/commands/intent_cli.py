@@ -27,7 +27,7 @@ from orchestrator.commands.common import fail, load_settings, print_json, run
 
 @click.group()
 def intent() -> None:
-    """Intent tiers: the stand-in model server, one-shot decisions, training and evaluation."""
+    """Intent decision tiers: the stand-in model server, one-shot decisions, train the embedded model, evaluate."""
 
 
 @intent.command("stub-server")
@@ -157,7 +157,7 @@ def decide(
         )
     except click.BadParameter as exc:
         fail(exc.format_message(), 2)
-    from orchestrator.backends import TierConfigError, build_backend, tier_backend
+    from orchestrator.backends import BackendConfigError, build_backend
 
     settings = load_settings()
     if show_prompt == "harmony":
@@ -165,10 +165,9 @@ def decide(
     elif show_prompt == "chat":
         click.echo(json.dumps(render_chat(request), ensure_ascii=False, indent=2), err=True)
     try:
-        backend: Backend = (
-            build_backend(settings) if backend_name == "cascade" else tier_backend(backend_name, settings)
-        )
-    except TierConfigError as exc:
+        tiers = settings.intent_tiers if backend_name == "cascade" else backend_name
+        backend: Backend = build_backend(settings.model_copy(update={"intent_tiers": tiers}))
+    except BackendConfigError as exc:
         fail(str(exc), 2)
 
     async def once() -> dict[str, object]:

@@ -1,0 +1,238 @@
+"""Features of the embedded tier: sparse TF-IDF blocks, ledger-aware dense features, task-pair features.
+
+One implementation serves training (rows stacked into a scipy matrix by :mod:`intent.training`) and
+inference (a sparse vector dotted with the coefficients in :mod:`intent.embedded`), so both see the same
+numbers. Nothing here imports scikit-learn.
+
+Action features = [TF-IDF of the last message (word 1-2-grams + char 3-5-grams) | TF-IDF of the recent
+context (role-tagged words of the three messages before it) | dense ledger/turn features].
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from intent.contract import ChatMessage, TaskInfo
+from intent.text import (
+    TOOL_EVENTS,
+    char_ngrams,
+    content_stems,
+    dice,
+    mentioned_ids,
+    overlap,
+    tokens,
+    tool_event,
+    trigram_set,
+    word_ngrams,
+)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+CONTEXT_MESSAGES = 3
+_ROLE_TAG = {"user": "u:", "assistant": "a:", "tool": "t:"}
+_ROLES = ("user", "assistant", "tool")
+_FILLERS_TEXT = "uh um er hmm mm ok okay k cool thanks thank thx ty yeah yep sure right hold on sec wait"
+_FILLERS = frozenset(_FILLERS_TEXT.split())
+
+DENSE_NAMES: tuple[str, ...] = (
+    *(f"tasks={n}" for n in ("0", "1", "2", "3+")),
+    *(f"last_role={r}" for r in _ROLES),
+    *(f"tool_event={e}" for e in (*TOOL_EVENTS, "other")),
+    *(f"prev_role={r}" for r in ("none", *_ROLES)),
+    "log_messages",
+    "log_words",
+    "ends_question",
+    "has_question",
+    "ends_terminal",
+    "ends_cutoff",
+    "task_overlap_max",
+    "task_overlap_second",
+    "task_trigram_max",
+    "mentions_open_id",
+    "tool_id_open",
+    "assistant_just_spoke",
+    "log_content_words",
+    "filler_share",
+)
+
+PAIR_NAMES: tuple[str, ...] = (
+    "msg_in_summary",
+    "msg_in_task",
+    "msg_task_trigram",
+    "ctx_in_task",
+    "ctx_task_trigram",
+    "is_best_overlap",
+    "overlap_gap",
+    "trigram_gap",
+    "id_in_message",
+    "id_in_last_tool",
+    "id_in_transcript",
+    "position",
+    "is_last",
+    "inv_tasks",
+    "task_in_msg",
+    "assistant_about_task",
+)
+
+
+def message_terms(text: str) -> list[str]:
+    """Terms of the message being decided on."""
+    return word_ngrams(text) + char_ngrams(text)
+
+
+def context_terms(transcript: Sequence[ChatMessage]) -> list[str]:
+    """Role-tagged word unigrams of the messages before the last one (most recent few)."""
+    terms: list[str] = []
+    for m in transcript[-1 - CONTEXT_MESSAGES : -1]:
+        tag = _ROLE_TAG.get(m.role, "x:")
+        event = tool_event(m.content) if m.role == "tool" else None
+        if event is not None:
+            terms.append(f"{tag}event={event[1]}")
+        terms.extend(tag + t for t in tokens(m.content))
+    return terms
+
+
+class TfidfVocab:
+    """A vocabulary with smoothed idf and sublinear tf, l2-normalised (like scikit-learn's defaults)."""
+
+    def __init__(self, terms: Sequence[str], idf: FloatArray) -> None:
+        self.terms = list(terms)
+        self.index = {t: i for i, t in enumerate(self.terms)}
+        self.idf = np.asarray(idf, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    @classmethod
+    def fit(cls, docs: Iterable[Sequence[str]], min_df: int = 2, max_terms: int = 50_000) -> TfidfVocab:
+        docs = list(docs)
+        df: Counter[str] = Counter()
+        for doc in docs:
+            df.update(set(doc))
+        kept = sorted((t for t, c in df.items() if c >= min_df), key=lambda t: (-df[t], t))[:max_terms]
+        kept.sort()
+        n = len(docs)
+        idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in kept], dtype=np.float64)
+        return cls(kept, idf)
+
+    def transform(self, doc: Sequence[str]) -> tuple[IntArray, FloatArray]:
+        """Sparse (indices, values) of one document; values are l2-normalised."""
+        counts: Counter[int] = Counter()
+        index = self.index
+        for term in doc:
+            i = index.get(term)
+            if i is not None:
+                counts[i] += 1
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        vals = (1.0 + np.log(tf)) * self.idf[idx]
+        vals /= float(np.sqrt(vals @ vals))
+        return idx, vals
+
+
+def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
+    """Turn- and ledger-aware features of the last message (see DENSE_NAMES)."""
+    last = transcript[-1]
+    text = last.content
+    toks = tokens(text)
+    n_tasks = len(tasks)
+    f: list[float] = [float(n_tasks == 0), float(n_tasks == 1), float(n_tasks == 2), float(n_tasks >= 3)]
+    f += [float(last.role == r) for r in _ROLES]
+    event = tool_event(text) if last.role == "tool" else None
+    f += [float(event is not None and event[1] == e) for e in (*TOOL_EVENTS, "other")]
+    prev_role = transcript[-2].role if len(transcript) > 1 else "none"
+    f += [float(prev_role == r) for r in ("none", *_ROLES)]
+    stripped = text.rstrip()
+    msg_stems = content_stems(text)
+    overlaps = sorted((overlap(msg_stems, _task_stems(t)) for t in tasks), reverse=True)
+    trigrams = [dice(trigram_set(text), _task_trigrams(t)) for t in tasks]
+    open_ids = {t.id.lower() for t in tasks}
+    f += [
+        math.log1p(len(transcript)),
+        math.log1p(len(toks)) / 3.0,
+        float(stripped.endswith("?")),
+        float("?" in text),
+        float(stripped[-1:] in ".!?)\"'" or (bool(stripped) and ord(stripped[-1]) > 0x2600)),
+        float(stripped.endswith(("-", "—", "–", "...", "…")) or (stripped[-1:].isalpha() and len(toks) > 3)),
+        overlaps[0] if overlaps else 0.0,
+        overlaps[1] if len(overlaps) > 1 else 0.0,
+        max(trigrams, default=0.0),
+        float(bool(mentioned_ids(text) & open_ids)),
+        float(event is not None and event[0] in open_ids),
+        float(any(m.role == "assistant" for m in transcript[-3:-1])),
+        math.log1p(len(msg_stems)) / 2.0,
+        sum(1 for t in toks if t in _FILLERS) / max(1, len(toks)),
+    ]
+    return np.asarray(f, dtype=np.float64)
+
+
+def _task_text(task: TaskInfo) -> str:
+    return f"{task.summary} {task.last_update}"
+
+
+def _task_stems(task: TaskInfo) -> frozenset[str]:
+    return content_stems(_task_text(task))
+
+
+def _task_trigrams(task: TaskInfo) -> frozenset[str]:
+    return trigram_set(_task_text(task))
+
+
+def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
+    """One row per task: how much the turn is about that task (see PAIR_NAMES)."""
+    n = len(tasks)
+    if n == 0:
+        return np.zeros((0, len(PAIR_NAMES)), dtype=np.float64)
+    last = transcript[-1].content
+    # a tool callback is decided on, but the user's words before it say which task matters
+    user_msgs = [m.content for m in transcript if m.role == "user"]
+    msg = last if transcript[-1].role == "user" or not user_msgs else f"{last} {user_msgs[-1]}"
+    msg_stems, msg_tri = content_stems(msg), trigram_set(msg)
+    ctx = " ".join(m.content for m in transcript[-1 - CONTEXT_MESSAGES : -1])
+    ctx_stems, ctx_tri = content_stems(ctx), trigram_set(ctx)
+    last_tool = next((m.content for m in reversed(transcript) if m.role == "tool"), "")
+    tool_evt = tool_event(last_tool)
+    prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
+    asst_stems = content_stems(prev_assistant)
+    in_msg = mentioned_ids(last)
+    in_transcript: set[str] = set()
+    for m in transcript:
+        in_transcript |= mentioned_ids(m.content)
+    rows: list[list[float]] = []
+    for j, task in enumerate(tasks):
+        t_stems, t_tri = _task_stems(task), _task_trigrams(task)
+        tid = task.id.lower()
+        rows.append(
+            [
+                overlap(msg_stems, content_stems(task.summary)),
+                overlap(msg_stems, t_stems),
+                dice(msg_tri, t_tri),
+                overlap(ctx_stems, t_stems),
+                dice(ctx_tri, t_tri),
+                0.0,
+                0.0,
+                0.0,
+                float(tid in in_msg),
+                float(tool_evt is not None and tool_evt[0] == tid),
+                float(tid in in_transcript),
+                j / max(1, n - 1),
+                float(j == n - 1 and n > 1),
+                1.0 / n,
+                overlap(t_stems, msg_stems),
+                overlap(asst_stems, t_stems),
+            ]
+        )
+    out = np.asarray(rows, dtype=np.float64)
+    best_overlap, best_tri = out[:, 1].max(), out[:, 2].max()
+    out[:, 5] = out[:, 1] >= best_overlap - 1e-12
+    out[:, 6] = out[:, 1] - best_overlap
+    out[:, 7] = out[:, 2] - best_tri
+    return out

@@ -1,0 +1,120 @@
+"""Text normalisation shared by the embedded tier's training and inference (one implementation for both).
+
+Everything here is pure Python over short strings and deterministic, so the terms a model was trained on
+are exactly the terms it sees at inference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from functools import lru_cache
+
+_TASK_ID = re.compile(r"\btask[-_ ]?\d+\b", re.IGNORECASE)
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[?!]|\.\.\.|…|—|–|-(?=\s*$)|[$€£%]|[\U0001F300-\U0001FAFF]")
+_TOOL_EVENT = re.compile(r"^\s*\[\s*(task[-_ ]?\d+)\s+([a-z_]+)\s*\]", re.IGNORECASE)
+_DISFLUENCY = re.compile(r"\b(?:u+h+m*|u+m+|e+r+m*|hmm+|mm+-?hm+|uh-huh)\b[,.]?\s*", re.IGNORECASE)
+_REPEAT = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+#: Function words ignored when comparing a message with a task (they say nothing about which task).
+_STOPWORDS_TEXT = """
+a an the and or but if so to of in on at for from by with about as into over after before is are was
+were be been being am do does did done have has had having it its this that these those there here i
+me my mine we us our you your he she him her his they them their what which who whom whose when
+where why how can could would should will shall may might must just also too very really please pls
+plz ok okay yes no not dont don't can't cant won't wont hey hi hello thanks thank thx ty uh um er
+like yeah yep hmm now then still already again any some all one get got go going make want need let
+lets let's know think see look thing things stuff bit actually maybe well oh right sure
+"""
+STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+
+TOOL_EVENTS = ("progress", "completed", "failed", "started")
+
+
+def normalise(text: str) -> str:
+    """Lower-case, with task ids folded to one placeholder token (ids differ per conversation)."""
+    return _TASK_ID.sub(" taskid ", text.lower())
+
+
+@lru_cache(maxsize=4096)
+def tokens(text: str) -> tuple[str, ...]:
+    """Word and salient punctuation tokens of ``text`` (after :func:`normalise`)."""
+    return tuple(_TOKEN.findall(normalise(text)))
+
+
+def word_ngrams(text: str, prefix: str = "w:") -> list[str]:
+    """Unigrams and bigrams with start/end markers (``</s>`` after a dangling word marks a cut-off)."""
+    toks = ["<s>", *tokens(text), "</s>"]
+    grams = [prefix + t for t in toks[1:-1]]
+    grams += [f"{prefix}{a} {b}" for a, b in itertools.pairwise(toks)]
+    return grams
+
+
+def char_ngrams(text: str, lo: int = 3, hi: int = 5, prefix: str = "c:") -> list[str]:
+    """Character n-grams inside word boundaries (robust to typos, slang and inflection)."""
+    out: list[str] = []
+    for word in tokens(text):
+        padded = f" {word} "
+        n_chars = len(padded)
+        for n in range(lo, hi + 1):
+            if n > n_chars:
+                break
+            out.extend(prefix + padded[i : i + n] for i in range(n_chars - n + 1))
+    return out
+
+
+def stem(word: str) -> str:
+    """A crude suffix-stripping stem, enough to match "booking"/"booked"/"book"."""
+    for suffix in ("ations", "ation", "ings", "ing", "ies", "ied", "ers", "er", "ed", "es", "ly", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    return word[:6]
+
+
+@lru_cache(maxsize=4096)
+def content_stems(text: str) -> frozenset[str]:
+    """Stems of the content words of ``text`` (no stopwords, no punctuation)."""
+    return frozenset(stem(t) for t in tokens(text) if t[0].isalnum() and t not in STOPWORDS and t != "taskid")
+
+
+@lru_cache(maxsize=4096)
+def trigram_set(text: str) -> frozenset[str]:
+    return frozenset(char_ngrams(" ".join(t for t in tokens(text) if t not in STOPWORDS), 3, 3, ""))
+
+
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    """Share of ``a`` found in ``b`` (0 when ``a`` is empty)."""
+    return len(a & b) / len(a) if a else 0.0
+
+
+def dice(a: frozenset[str], b: frozenset[str]) -> float:
+    return 2 * len(a & b) / (len(a) + len(b)) if a and b else 0.0
+
+
+def tool_event(content: str) -> tuple[str, str] | None:
+    """``(task id, event)`` of a task callback like ``[task-9 progress] ...``, else None."""
+    m = _TOOL_EVENT.match(content)
+    if m is None:
+        return None
+    task_id = re.sub(r"[_ ]", "-", m.group(1).lower())
+    event = m.group(2).lower()
+    return task_id, event if event in TOOL_EVENTS else "other"
+
+
+def mentioned_ids(text: str) -> set[str]:
+    """Task ids written in ``text`` (``task-9``, ``task 9``), in their canonical ``task-N`` form."""
+    return {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(text.lower())}
+
+
+def clean_utterance(text: str, limit: int = 280) -> str:
+    """A user message made presentable as an explanation: disfluencies and stutters out, first letter up."""
+    cleaned = _DISFLUENCY.sub("", text)
+    cleaned = _REPEAT.sub(r"\1", cleaned)
+    cleaned = _SPACES.sub(" ", cleaned).strip(" ,;-—–")
+    if not cleaned:
+        cleaned = text.strip()
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned[:1].upper() + cleaned[1:]

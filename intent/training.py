@@ -1,0 +1,213 @@
+"""Train the embedded tier (scikit-learn is used here only; inference is numpy in intent.embedded_model).
+
+1. Vocabularies and idf are fitted on the training rows.
+2. The regularisation strength C of the multinomial logistic regression is chosen by stratified k-fold
+   cross-validation on the training rows (log-loss), never on a test split.
+3. Calibration: one temperature is fitted (minimum negative log-likelihood) on the out-of-fold logits of
+   that cross-validation, then the final model is fitted on all training rows.
+4. The task resolver is a logistic regression over (turn, task) pair features of the update/cancel rows,
+   softmaxed over a ledger's tasks with its own temperature fitted on out-of-fold scores the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+
+from intent.contract import ACTIONS
+from intent.dataset import Example
+from intent.embedded_model import EmbeddedModel
+from intent.features import (
+    DENSE_NAMES,
+    FloatArray,
+    TfidfVocab,
+    context_terms,
+    dense_features,
+    message_terms,
+    pair_features,
+)
+from intent.splits import stratified_folds
+
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+PAIR_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _action_matrix(examples: Sequence[Example], msg: TfidfVocab, ctx: TfidfVocab) -> sp.csr_matrix:
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    n_dense = len(DENSE_NAMES)
+    for r, ex in enumerate(examples):
+        blocks = [
+            (msg.transform(message_terms(ex.last_message.content)), 0),
+            (ctx.transform(context_terms(ex.transcript)), len(msg)),
+        ]
+        for (idx, val), offset in blocks:
+            rows += [r] * len(idx)
+            cols += (idx + offset).tolist()
+            vals += val.tolist()
+        dense = dense_features(ex.transcript, ex.tasks)
+        rows += [r] * n_dense
+        cols += list(range(len(msg) + len(ctx), len(msg) + len(ctx) + n_dense))
+        vals += dense.tolist()
+    shape = (len(examples), len(msg) + len(ctx) + n_dense)
+    return sp.csr_matrix((vals, (rows, cols)), shape=shape)
+
+
+def _fit_temperature(logits: FloatArray, labels: np.ndarray[Any, Any], mask: FloatArray | None = None) -> float:
+    """Temperature minimising the NLL of softmax(logits / T); ``mask`` holds -inf for impossible classes."""
+    z0 = logits if mask is None else logits + mask
+
+    def nll(log_t: float) -> float:
+        z = z0 / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(labels)), labels].mean())
+
+    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
+    return float(math.exp(res.x))
+
+
+def _new_lr(c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+
+
+def _oof(x: sp.csr_matrix | FloatArray, y: np.ndarray[Any, Any], folds: Sequence[int], c: float, k: int) -> FloatArray:
+    """Out-of-fold decision scores (n x classes, or n for binary)."""
+    out: FloatArray | None = None
+    fold_arr = np.asarray(folds)
+    for f in range(k):
+        tr, te = fold_arr != f, fold_arr == f
+        model = _new_lr(c).fit(x[tr], y[tr])
+        scores = np.asarray(model.decision_function(x[te]), dtype=np.float64)
+        if out is None:
+            out = np.zeros((len(y), *scores.shape[1:]), dtype=np.float64)
+        out[te] = scores
+    assert out is not None
+    return out
+
+
+def train(
+    examples: Sequence[Example],
+    *,
+    folds: int = 5,
+    seed: int = 13,
+    c_grid: Sequence[float] = C_GRID,
+    pair_c_grid: Sequence[float] = PAIR_C_GRID,
+    log: Callable[[str], None] = lambda _: None,
+) -> EmbeddedModel:
+    """Fit vocabularies, the action classifier, its calibration and the task resolver on ``examples``."""
+    if len(examples) < 10 * folds:
+        raise ValueError(f"need at least {10 * folds} training rows, got {len(examples)}")
+    msg = TfidfVocab.fit([message_terms(ex.last_message.content) for ex in examples], min_df=2)
+    ctx = TfidfVocab.fit([context_terms(ex.transcript) for ex in examples], min_df=2)
+    x = _action_matrix(examples, msg, ctx)
+    y = np.array([ACTIONS.index(ex.expected.action) for ex in examples])
+    fold_of = stratified_folds([ex.action for ex in examples], folds, seed)
+    no_task_mask = np.array([[0.0 if (ex.tasks or not a.needs_task) else -np.inf for a in ACTIONS] for ex in examples])
+
+    best: tuple[float, float, FloatArray] | None = None
+    for c in c_grid:
+        z = _oof(x, y, fold_of, c, folds)
+        t = _fit_temperature(z, y, no_task_mask)
+        zt = (z + no_task_mask) / t
+        zt -= zt.max(axis=1, keepdims=True)
+        logp = zt - np.log(np.exp(zt).sum(axis=1, keepdims=True))
+        loss = float(-logp[np.arange(len(y)), y].mean())
+        acc = float((z.argmax(axis=1) == y).mean())
+        log(f"action C={c:g}: cv log-loss {loss:.4f} (T={t:.3f}), cv accuracy {acc:.3f}")
+        if best is None or loss < best[0]:
+            best = (loss, c, z)
+    assert best is not None
+    _, c_best, z_best = best
+    temperature = _fit_temperature(z_best, y, no_task_mask)
+    final = _new_lr(c_best).fit(x, y)
+    order = [list(final.classes_).index(i) for i in range(len(ACTIONS))]
+    coef = np.asarray(final.coef_, dtype=np.float64)[order].T.copy()
+    intercept = np.asarray(final.intercept_, dtype=np.float64)[order].copy()
+
+    pair_coef, pair_intercept, pair_t, pair_info = _train_resolver(examples, folds, seed, pair_c_grid, log)
+    info: dict[str, Any] = {
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": len(examples),
+        "actions": {a.value: int((y == i).sum()) for i, a in enumerate(ACTIONS)},
+        "C": c_best,
+        "temperature": round(temperature, 4),
+        "cv_folds": folds,
+        "cv_action_log_loss": round(best[0], 4),
+        "cv_action_accuracy": round(float((z_best.argmax(axis=1) == y).mean()), 4),
+        "train_ids": sorted(ex.id for ex in examples),
+        "msg_terms": len(msg),
+        "ctx_terms": len(ctx),
+        **pair_info,
+    }
+    log(f"chosen C={c_best:g}, temperature {temperature:.3f}")
+    return EmbeddedModel(
+        msg_vocab=msg,
+        ctx_vocab=ctx,
+        coef=coef,
+        intercept=intercept,
+        temperature=temperature,
+        pair_coef=pair_coef,
+        pair_intercept=pair_intercept,
+        pair_temperature=pair_t,
+        info=info,
+    )
+
+
+def _train_resolver(
+    examples: Sequence[Example], folds: int, seed: int, c_grid: Sequence[float], log: Callable[[str], None]
+) -> tuple[FloatArray, float, float, dict[str, Any]]:
+    rows = [ex for ex in examples if ex.expected.action.needs_task and ex.tasks]
+    feats: list[FloatArray] = []
+    labels: list[int] = []
+    group: list[int] = []
+    for g, ex in enumerate(rows):
+        target = ex.expected.args()["task_id"]
+        feats.append(pair_features(ex.transcript, ex.tasks))
+        labels += [int(t.id == target) for t in ex.tasks]
+        group += [g] * len(ex.tasks)
+    x = np.vstack(feats)
+    y = np.array(labels)
+    groups = np.array(group)
+    group_fold = stratified_folds([str(len(ex.tasks) > 1) for ex in rows], folds, seed)
+    fold_of = [group_fold[g] for g in group]
+
+    def grouped_nll(scores: FloatArray, t: float) -> tuple[float, float]:
+        nll, correct = 0.0, 0
+        for g in range(len(rows)):
+            s = scores[groups == g] / t
+            s = s - s.max()
+            logp = s - math.log(float(np.exp(s).sum()))
+            truth = int(np.argmax(y[groups == g]))
+            nll -= float(logp[truth])
+            correct += int(int(np.argmax(s)) == truth)
+        return nll / len(rows), correct / len(rows)
+
+    best: tuple[float, float, FloatArray] | None = None
+    for c in c_grid:
+        scores = _oof(x, y, fold_of, c, folds)
+        loss, acc = grouped_nll(scores, 1.0)
+        log(f"resolver C={c:g}: cv group log-loss {loss:.4f}, cv task accuracy {acc:.3f}")
+        if best is None or loss < best[0]:
+            best = (loss, c, scores)
+    assert best is not None
+    _, c_best, oof_scores = best
+    res = minimize_scalar(lambda lt: grouped_nll(oof_scores, math.exp(lt))[0], bounds=(-3.0, 3.0), method="bounded")
+    t = float(math.exp(res.x))
+    final = _new_lr(c_best).fit(x, y)
+    _, cv_acc = grouped_nll(oof_scores, t)
+    info = {
+        "resolver_rows": len(rows),
+        "resolver_C": c_best,
+        "resolver_temperature": round(t, 4),
+        "cv_task_accuracy": round(cv_acc, 4),
+    }
+    return np.asarray(final.coef_[0], dtype=np.float64), float(final.intercept_[0]), t, info

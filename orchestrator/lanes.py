@@ -1,0 +1,143 @@
+"""Per-conversation serial lanes under one global in-flight bound.
+
+Turns of one conversation run strictly one after another, in submission order; different
+conversations run concurrently. Every submitted item holds one slot of a :class:`Capacity` shared by
+all partitions of the process until its handler returns; readers wait for a free slot before reading
+more (backpressure: a full process stops reading instead of buffering without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import structlog
+
+T = TypeVar("T")
+log = structlog.get_logger("sraq.lanes")
+
+
+class Capacity:
+    """A counter of in-flight items with an awaitable "has room" condition (single event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.used = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.used)
+
+    async def wait_room(self) -> int:
+        """Wait until at least one slot is free; returns the number of free slots."""
+        while self.used >= self.limit:
+            await self._room.wait()
+        return self.free
+
+    def take(self, n: int = 1) -> None:
+        self.used += n
+        self._empty.clear()
+        if self.used >= self.limit:
+            self._room.clear()
+
+    def give(self, n: int = 1) -> None:
+        self.used -= n
+        if self.used < self.limit:
+            self._room.set()
+        if self.used <= 0:
+            self.used = 0
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+class Lanes(Generic[T]):
+    """Serial lanes keyed by conversation id; ``handler`` processes one item at a time per key.
+
+    A handler that raises ends its lane: the exception is logged, the lane's remaining items are
+    dropped from memory (their stream entries stay pending and are re-read by the partition's next
+    owner) and ``on_failure`` is called so the owner can stop the partition.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capacity: Capacity,
+        handler: Callable[[T], Awaitable[None]],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.handler = handler
+        self.on_failure = on_failure
+        self._queues: dict[str, deque[T]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        """Items submitted and not finished."""
+        return sum(len(q) for q in self._queues.values())
+
+    @property
+    def active_lanes(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, key: str, item: T) -> None:
+        """Queue ``item`` behind the earlier items of ``key`` (takes one capacity slot)."""
+        self.capacity.take(1)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(item)
+        if key not in self._tasks:
+            self._idle.clear()
+            self._tasks[key] = asyncio.create_task(self._run(key, queue), name=f"lane:{self.name}:{key}")
+
+    async def _run(self, key: str, queue: deque[T]) -> None:
+        try:
+            while queue:
+                try:
+                    await self.handler(queue[0])
+                finally:
+                    queue.popleft()
+                    self.capacity.give(1)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # surfaced, not swallowed: logged here and reported to the owner, which stops the partition
+            log.error("lane_failed", lane=self.name, conversation_id=key, error=repr(exc), exc_info=exc)
+            self.on_failure(exc)
+        finally:
+            if queue:  # cancelled or failed: the rest stays pending in Redis
+                self.capacity.give(len(queue))
+                queue.clear()
+            self._queues.pop(key, None)
+            self._tasks.pop(key, None)
+            if not self._tasks:
+                self._idle.set()
+
+    async def drain(self, grace: float | None) -> bool:
+        """Wait until every lane finished; False when ``grace`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel(self) -> None:
+        """Cancel every lane now (uncommitted turns stay pending in their stream)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        # lanes that failed already reported through on_failure; cancelled ones have nothing to report
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,345 @@
+"""The consumer-group reader of one owned partition, feeding its conversation lanes.
+
+Life of a partition owned by this instance:
+
+1. Recovery: every entry still pending in the group (left by a dead or previous owner, or by this
+   process before it lost the lease) is claimed with ``XAUTOCLAIM`` from id ``0-0`` (min idle 0: the
+   lease makes us the only legitimate consumer) and processed first, in stream order. Its delivery
+   count comes from ``XPENDING``; past ``max_deliveries`` it goes to the dead-letter stream. Entries
+   trimmed from the stream while pending (Redis 7 returns their ids apart; 6.2 returns them with no
+   fields) are recorded as dead letters, never dropped silently.
+2. Then ``XREADGROUP >`` in batches with ``BLOCK``, never reading more than the free in-flight slots.
+3. Malformed entries (anything :func:`ledger.turns.decode_entry` refuses) are dead-lettered and
+   acknowledged in one fenced Lua step; the loop keeps going.
+
+Stopping: :meth:`PartitionWorker.drain` (rebalance, shutdown) stops reading, lets the current
+``XREADGROUP`` return (never cancelled, so no delivered entry is dropped on the floor) and waits for
+the lanes; :meth:`PartitionWorker.abort` (lease lost) cancels everything at once without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ledger import Keys, LeaseLost
+from ledger.turns import InvalidTurn, Turn, decode_entry, encode_turn
+from orchestrator.lanes import Capacity, Lanes
+from orchestrator.membership import Lease
+from orchestrator.metrics import Metrics
+
+GROUP = "orchestrator"
+DEAD_MAXLEN = 100_000
+#: Errors after which a retry with backoff is right: the turn is fine, Redis is (briefly) not.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+log = structlog.get_logger("sraq.partition")
+
+# KEYS: 1 lease, 2 turns, 3 dead. ARGV: 1 token, 2 group, 3 entry id, 4.. dead-letter fields.
+# XACK first: if the entry was acknowledged already (a retried call), nothing is written twice; entries
+# trimmed while pending are not in the PEL any more (Redis 7 XAUTOCLAIM dropped them) but are recorded.
+_DEAD_LETTER = f"""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+if acked == 0 and ARGV[4] ~= 'trimmed' then return 0 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', {DEAD_MAXLEN}, '*', 'reason_kind', ARGV[4], unpack(ARGV, 5))
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """A decoded turn read from a partition stream."""
+
+    entry_id: str
+    turn: Turn
+    deliveries: int = 1
+    read_at: float = field(default_factory=time.perf_counter)
+
+
+class Processor(Protocol):
+    async def process(self, entry: Entry, lease: Lease) -> None: ...
+
+
+def backoff(attempt: int, cap: float = 2.0) -> float:
+    """Exponential backoff with jitter: 50 ms, 100 ms, ... up to ``cap`` seconds."""
+    return float(min(cap, 0.05 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2))
+
+
+class PartitionWorker:
+    """Reads partition ``lease.partition`` as consumer ``consumer`` and processes its turns in lanes."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        keys: Keys,
+        lease: Lease,
+        consumer: str,
+        capacity: Capacity,
+        processor: Processor,
+        metrics: Metrics,
+        read_batch: int,
+        read_block_ms: int,
+        max_deliveries: int,
+        max_content_bytes: int,
+        on_failure: Callable[[PartitionWorker, BaseException], None],
+    ) -> None:
+        self.redis = redis
+        self.lease = lease
+        self.partition = lease.partition
+        self.pk = keys.partition(lease.partition)
+        self.consumer = consumer
+        self.capacity = capacity
+        self.processor = processor
+        self.metrics = metrics
+        self.read_batch = read_batch
+        self.read_block_ms = read_block_ms
+        self.max_deliveries = max_deliveries
+        self.max_content_bytes = max_content_bytes
+        self._on_failure = on_failure
+        self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._stop = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.lost = False  # set when the lease is gone: no further commit may be attempted
+        self.aborting = False  # set by the owner once it started aborting this worker
+        self.log = log.bind(partition=self.partition)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_loop(), name=f"reader:p{self.partition}")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop_reading(self) -> None:
+        self._stop.set()
+
+    async def drain(self, grace: float | None) -> bool:
+        """Stop reading and wait for every read turn to finish; False when ``grace`` ran out."""
+        self.stop_reading()
+        deadline = None if grace is None else time.monotonic() + grace
+        if self._reader is not None:
+            # bounded by read_block_ms: the blocking read returns and its entries go to the lanes
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._reader)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return await self.lanes.drain(left)
+
+    async def abort(self) -> None:
+        """Stop at once: cancel the reader and every lane. Uncommitted turns stay pending in the stream."""
+        self.stop_reading()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.lanes.cancel()
+
+    def lease_lost(self) -> None:
+        """Called when a commit was refused by fencing: stop work on this partition now."""
+        if self.lost:
+            return
+        self.lost = True
+        self.stop_reading()
+        self.log.warning("lease_lost", token=self.lease.token)
+        self._on_failure(self, LeaseLost(self.partition))
+
+    def _lane_failed(self, exc: BaseException) -> None:
+        self._on_failure(self, exc)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        try:
+            await self._ensure_group()
+            await self._recover()
+            failures = 0
+            while not self.stopping:
+                room = await self._wait_room()
+                if room == 0:
+                    continue
+                try:
+                    reply = await self.redis.xreadgroup(
+                        GROUP, self.consumer, {self.pk.turns: ">"}, count=min(room, self.read_batch),
+                        block=self.read_block_ms,
+                    )  # fmt: skip
+                except TRANSIENT as exc:
+                    failures += 1
+                    self.log.warning("read_failed", error=str(exc), retry=failures)
+                    await self._sleep(backoff(failures))
+                    continue
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self._ensure_group()
+                    continue
+                failures = 0
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        await self._accept(entry_id.decode(), fields, 1)
+        except asyncio.CancelledError:
+            raise
+        except LeaseLost:
+            self.lease_lost()
+        except BaseException as exc:
+            self.log.error("reader_failed", error=repr(exc), exc_info=exc)
+            self._on_failure(self, exc)
+
+    async def _ensure_group(self) -> None:
+        for attempt in range(1, 1_000_000):
+            try:
+                await self.redis.xgroup_create(self.pk.turns, GROUP, id="0", mkstream=True)
+                return
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except TRANSIENT as exc:
+                self.log.warning("group_create_failed", error=str(exc))
+                await self._sleep(backoff(attempt))
+                if self.stopping:
+                    return
+
+    async def _recover(self) -> None:
+        """Claim and process every pending entry of the group before reading new ones."""
+        start = "0-0"
+        claimed_total = 0
+        attempt = 0
+        while not self.stopping:
+            await self._wait_room()
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.pk.turns, GROUP, self.consumer, min_idle_time=0, start_id=start, count=self.read_batch
+                )
+                entries = [(eid, fields) for eid, fields in reply[1]]
+                deleted = [d.decode() if isinstance(d, bytes) else str(d) for d in (reply[2] if len(reply) > 2 else [])]
+                counts = await self._delivery_counts([e[0].decode() for e in entries if e[1] is not None])
+            except TRANSIENT as exc:
+                attempt += 1
+                self.log.warning("recover_failed", error=str(exc), retry=attempt)
+                await self._sleep(backoff(attempt))
+                continue
+            for entry_id in deleted:
+                await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, 0)
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                await self._accept(entry_id, fields, counts.get(entry_id, 1))
+            claimed_total += len(entries) + len(deleted)
+            next_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if next_id == "0-0":
+                break
+            start = next_id
+        if claimed_total:
+            self.log.info("recovered_pending", entries=claimed_total)
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = await self.redis.xpending_range(
+            self.pk.turns, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 16, consumername=self.consumer
+        )
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _accept(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+        """Decode one entry and queue it in its conversation's lane, or dead-letter it."""
+        if fields is None:  # Redis 6.2 XAUTOCLAIM / history read of an entry trimmed while pending
+            await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, deliveries)
+            return
+        try:
+            turn = decode_entry(fields, max_content_bytes=self.max_content_bytes)
+        except InvalidTurn as exc:
+            await self._dead(entry_id, "invalid", exc.reason, fields, deliveries)
+            return
+        if deliveries > self.max_deliveries:
+            reason = f"delivered {deliveries} times (max {self.max_deliveries})"
+            await self._dead(entry_id, "deliveries", reason, fields, deliveries)
+            return
+        self.lanes.submit(turn.conversation_id, Entry(entry_id, turn, deliveries))
+
+    async def _dead(self, entry_id: str, kind: str, reason: str, fields: dict[bytes, bytes], deliveries: int) -> None:
+        """Move an entry to the dead-letter stream and acknowledge it (one fenced Lua step)."""
+        args: list[str | bytes | int] = [self.lease.token, GROUP, entry_id, kind]
+        args += ["entry_id", entry_id, "reason", reason, "deliveries", deliveries, "partition", self.partition]
+        args += ["at", int(time.time() * 1000)]
+        for name, value in fields.items():
+            args += [b"field:" + name, value]
+        for attempt in range(1, 1_000_000):
+            try:
+                result = await self._dead_letter(keys=[self.pk.lease, self.pk.turns, self.pk.dead], args=args)
+                break
+            except TRANSIENT as exc:
+                self.log.warning("dead_letter_failed", error=str(exc), retry=attempt)
+                await self._sleep(backoff(attempt))
+        if int(result) == -1:
+            raise LeaseLost(self.partition)
+        if int(result) == 1:
+            self.metrics.dead_letters.labels(reason=kind).inc()
+            self.log.warning("dead_letter", entry_id=entry_id, reason_kind=kind, reason=reason, deliveries=deliveries)
+
+    async def _wait_room(self) -> int:
+        if self.capacity.free > 0:
+            return self.capacity.free
+        room = asyncio.create_task(self.capacity.wait_room(), name=f"room:p{self.partition}")
+        stop = asyncio.create_task(self._stop.wait(), name=f"stop:p{self.partition}")
+        try:
+            await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            stop.cancel()
+            await asyncio.gather(room, stop, return_exceptions=True)
+        return 0 if self.stopping else self.capacity.free
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # ------------------------------------------------------------------ processing
+
+    async def _handle(self, entry: Entry) -> None:
+        """Lane handler: process one turn; transient Redis failures retry, others count as deliveries."""
+        failures = 0
+        transient = 0
+        while not self.lost:
+            try:
+                await self.processor.process(entry, self.lease)
+                return
+            except LeaseLost:
+                self.lease_lost()
+                return
+            except TRANSIENT as exc:
+                # the turn is fine, Redis is not: retry until it is back (or the lease lapses and the
+                # runtime aborts this partition; the entry then stays pending for the next owner)
+                transient += 1
+                self.log.warning("turn_retry", turn_id=entry.turn.turn_id, error=str(exc), retry=transient)
+                await asyncio.sleep(backoff(transient))
+            except Exception as exc:
+                failures += 1
+                self.log.error("turn_failed", turn_id=entry.turn.turn_id, error=repr(exc), exc_info=exc)
+                if entry.deliveries + failures > self.max_deliveries:
+                    reason = f"failed {failures} times; last error: {exc!r}"[:1000]
+                    await self._dead(entry.entry_id, "failed", reason, _turn_fields(entry.turn), entry.deliveries)
+                    return
+                await asyncio.sleep(backoff(failures))
+
+
+def _turn_fields(turn: Turn) -> dict[bytes, bytes]:
+    return {k.encode(): v for k, v in encode_turn(turn).items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,171 @@
+"""The outbox relay against real Redis (no worker running): exactly-once enqueue, crash recovery, abort ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix
+from redis.asyncio import Redis
+
+from ledger import CancelOp, Keys, Ledger, StartOp, UpdateOp
+from tests.workers_support import wait_until
+from workers.dispatcher import GROUP, Dispatcher
+from workers.queue import create_pool, deserialize, enqueue_task, job_id
+
+
+@pytest.fixture
+async def pool(redis_url: str, keys: Keys) -> AsyncIterator[ArqRedis]:
+    arq_pool = create_pool(redis_url, keys)
+    try:
+        yield arq_pool
+    finally:
+        await arq_pool.aclose()
+
+
+def relay(pool: ArqRedis, keys: Keys, consumer: str = "relay-a", **kw: int) -> Dispatcher:
+    return Dispatcher(pool, keys, consumer=consumer, block_ms=100, claim_idle_ms=kw.get("claim_idle_ms", 300))
+
+
+async def queued(redis: Redis, keys: Keys) -> list[str]:
+    return [m.decode() for m in await redis.zrange(keys.queue, 0, -1)]
+
+
+async def settled(redis: Redis, keys: Keys, conv: str) -> bool:
+    """Every outbox entry of the conversation's partition is delivered and acknowledged."""
+    outbox = keys.partition(keys.partition_of(conv)).outbox
+    groups = await redis.xinfo_groups(outbox)
+    return bool(groups) and groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+
+
+async def test_start_enqueues_one_msgpack_job(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("find flights")])
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    jid = job_id(keys, "c1", "task-1", 1)
+    assert await queued(redis, keys) == [jid]
+    payload = deserialize(await redis.get(job_key_prefix + jid))
+    assert payload["f"] == "run_task" and payload["a"] == ["c1", "task-1", 1, "find flights"]
+    assert d.stats["enqueued"] == 1
+    assert await redis.hgetall(keys.task("c1", "task-1").run) == {b"dispatch": b"1", b"job": jid.encode()}
+
+
+async def test_relay_run_twice_gives_one_job(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await ledger.apply("c1", 1, "u2", [StartOp("b")])
+    first = relay(pool, keys, "relay-a")
+    await first.start()
+    await wait_until(lambda: settled(redis, keys, "c1"))
+    await first.stop()
+    # rewind the group: every entry is delivered again, to a second relay process
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    await redis.xgroup_setid(outbox, GROUP, "0")
+    second = relay(pool, keys, "relay-b")
+    await second.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await second.stop()
+    assert sorted(await queued(redis, keys)) == [job_id(keys, "c1", "task-1", 1), job_id(keys, "c1", "task-2", 1)]
+    assert first.stats["enqueued"] == 2 and second.stats["duplicates"] == 2 and second.stats["enqueued"] == 0
+
+
+async def test_relay_dead_between_commit_and_enqueue(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    """A relay read the entry and died before enqueueing: another relay claims it; exactly one job."""
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
+    taken = await redis.xreadgroup(GROUP, "dead-relay", {outbox: ">"})  # read, never enqueued, never acked
+    assert len(taken[0][1]) == 1 and await queued(redis, keys) == []
+    live = relay(pool, keys, "relay-live", claim_idle_ms=200)
+    await live.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await live.stop()
+    assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
+    assert live.stats["claimed"] == 1 and live.stats["enqueued"] == 1
+
+
+async def test_restart_with_same_consumer_name_replays_own_pending(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(GROUP, "relay-a", {outbox: ">"})
+    d = relay(pool, keys, "relay-a", claim_idle_ms=60_000)  # no claiming: its own pending list is read first
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
+
+
+async def test_cancelled_before_relay_never_enqueues(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await ledger.apply("c1", 1, "u2", [CancelOp("task-1", "changed my mind")])
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    assert await queued(redis, keys) == []
+    assert d.stats["skipped_closed"] == 1 and d.stats["cancel_no_job"] == 1
+    assert await redis.zscore(abort_jobs_ss, job_id(keys, "c1", "task-1", 1)) is None  # no stale marker left
+
+
+async def test_update_is_delivered_once(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "only direct flights")])
+    d = relay(pool, keys)
+    await d.start()
+    await wait_until(lambda: settled(redis, keys, "c1"))
+    await redis.xgroup_setid(keys.partition(keys.partition_of("c1")).outbox, GROUP, "0")  # redeliver both
+    await wait_until(lambda: settled(redis, keys, "c1"))
+    await d.stop()
+    updates = await redis.xrange(keys.task("c1", "task-1").updates)
+    assert [f[b"text"] for _id, f in updates] == [b"only direct flights"]
+    assert d.stats["duplicate_updates"] == 1
+    assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]  # queued job: no re-dispatch
+
+
+async def test_stale_abort_marker_is_cleared_before_reuse(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """arq#485: a marker of an earlier job would abort the next job with that id before it starts."""
+    jid = job_id(keys, "c9", "task-1", 1)
+    await redis.zadd(abort_jobs_ss, {jid: 1})
+    assert await enqueue_task(pool, keys, "c9", "task-1", 1, "x")
+    assert await redis.zscore(abort_jobs_ss, jid) is None
+    assert not await enqueue_task(pool, keys, "c9", "task-1", 1, "x")  # and it dedups
+
+
+async def test_malformed_entry_goes_to_dead_letters(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    pk = keys.partition(0)
+    await redis.xadd(pk.outbox, {"kind": "explode", "conv": "c1"})
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: redis.xlen(pk.dead))
+    finally:
+        await d.stop()
+    (_id, fields), *_ = await redis.xrange(pk.dead)
+    assert b"malformed outbox" in fields[b"reason"] and d.stats["malformed"] == 1
+    assert not d.failed.is_set()
+
+
+async def test_set_partitions_and_idempotent_stop(keys: Keys, pool: ArqRedis) -> None:
+    d = Dispatcher(pool, keys, consumer="x", partitions=[0], block_ms=50)
+    await d.start()
+    assert d.partitions == {0}
+    await d.set_partitions([1, 2])
+    assert d.partitions == {1, 2}
+    await d.stop()
+    await d.stop()
+    assert d.partitions == set()

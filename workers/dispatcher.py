@@ -1,0 +1,274 @@
+"""The outbox relay: ledger outbox entries -> arq calls, acknowledged only after arq accepted them.
+
+The ledger commit appends ``start`` / ``update`` / ``cancel`` entries (fields ``kind conv task attempt
+text turn lv``) to the partition's outbox stream in the same atomic step as the ledger change. One
+:class:`Dispatcher` consumes the outbox of every partition it is given with the consumer group
+``dispatcher``, one loop per partition, entries in stream order:
+
+* ``start``  -> ``enqueue_job("run_task", ..., _job_id="<prefix>:<conv>:<task>:<attempt>")``; skipped when the
+  ledger already closed the task (e.g. cancelled before the relay got to it);
+* ``update`` -> appended to the task's update stream (entry id = outbox entry id, so a redelivered
+  entry is not delivered twice), where the running handler reads it; if the task is open but its job
+  is neither queued nor running, the task is re-dispatched as ``...:<task>:<n+1>``;
+* ``cancel`` -> arq abort of the task's current job (queued or running): the handler gets
+  ``CancelledError`` within one worker poll delay.
+
+Exactly once, by construction: an entry is XACKed only after its arq call returned, so a relay that
+dies between the ledger commit and the enqueue leaves the entry unread or pending; the next relay (or
+the same consumer after a restart, or any consumer after ``claim_idle_ms`` via XAUTOCLAIM) processes
+it again, and the deterministic job id makes the second enqueue a no-op. Runs in ``sraq dispatcher``
+or inside the orchestrator process for the partitions it owns (:meth:`Dispatcher.set_partitions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Iterable
+
+import msgspec
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError, ResponseError
+
+from ledger import Keys, Ledger
+from ledger.models import OutboxEntry, OutboxKind
+from workers.context import update_fields
+from workers.queue import ACTIVE_STATES, abort, enqueue_task, job_id, job_state
+
+log = structlog.get_logger("sraq.workers.dispatcher")
+
+GROUP = "dispatcher"
+#: raise the recorded dispatch generation only forward (a late redelivered start must not regress it)
+_RECORD_LUA = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'dispatch') or '0')
+if tonumber(ARGV[1]) >= cur then
+  redis.call('HSET', KEYS[1], 'dispatch', ARGV[1], 'job', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class MalformedEntry(ValueError):
+    pass
+
+
+def parse_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> OutboxEntry:
+    """Decode one outbox stream entry written by ``ledger/lua/apply.lua``."""
+    try:
+        text = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
+        return OutboxEntry(
+            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            kind=OutboxKind(text["kind"]),
+            conversation_id=text["conv"],
+            task_id=text["task"],
+            attempt=int(text.get("attempt") or 1),
+            text=text.get("text", ""),
+            turn_id=text.get("turn", ""),
+            ledger_version=int(text.get("lv") or 0),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError, msgspec.ValidationError) as exc:
+        raise MalformedEntry(f"{type(exc).__name__}: {exc}") from None
+
+
+class Dispatcher:
+    """Relay of the outboxes of a set of partitions into the arq queue. ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        pool: ArqRedis,
+        keys: Keys,
+        *,
+        consumer: str,
+        partitions: Iterable[int] | None = None,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 5000,
+        grace_s: float = 2.0,
+    ) -> None:
+        self.pool = pool
+        self.keys = keys
+        self.consumer = consumer
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.grace_s = grace_s
+        self.ledger = Ledger(pool, keys)
+        self.stats: Counter[str] = Counter()
+        self._wanted = set(range(keys.partitions) if partitions is None else partitions)
+        self._loops: dict[int, asyncio.Task[None]] = {}
+        self._stopping: dict[int, asyncio.Event] = {}
+        self._record = pool.register_script(_RECORD_LUA)
+        self._started = False
+        #: set when a relay loop died of an unexpected error (``error`` says which); hosts should stop
+        self.failed = asyncio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self._loops)
+
+    async def start(self) -> None:
+        """Create the consumer groups and start one relay loop per partition."""
+        self._started = True
+        await self.set_partitions(self._wanted)
+
+    async def set_partitions(self, partitions: Iterable[int]) -> None:
+        """Relay exactly these partitions from now on (the orchestrator calls this when leases change)."""
+        self._wanted = set(partitions)
+        if not self._started:
+            return
+        for p in sorted(set(self._loops) - self._wanted):
+            await self._stop_loop(p)
+        for p in sorted(self._wanted - set(self._loops)):
+            outbox = self.keys.partition(p).outbox
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: exists already
+                await self.pool.xgroup_create(outbox, GROUP, id="0", mkstream=True)
+            self._stopping[p] = asyncio.Event()
+            task = asyncio.create_task(self._run(p), name=f"dispatcher-p{p}")
+            task.add_done_callback(self._loop_done)
+            self._loops[p] = task
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.error = task.exception()
+        log.error("dispatcher_loop_failed", task=task.get_name(), error=repr(self.error), exc_info=self.error)
+        self.failed.set()
+
+    async def stop(self) -> None:
+        """Stop reading, let the entry in hand finish (``grace_s``), then cancel. Idempotent."""
+        self._started = False
+        await asyncio.gather(*(self._stop_loop(p) for p in list(self._loops)))
+
+    async def _stop_loop(self, p: int) -> None:
+        task = self._loops.pop(p, None)
+        stopping = self._stopping.pop(p, None)
+        if task is None or stopping is None:
+            return
+        stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=self.grace_s)
+        if not done:
+            task.cancel()
+        # a loop that died was logged and surfaced through ``failed``/``error`` by _loop_done
+        await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ loop
+
+    async def _run(self, p: int) -> None:
+        outbox = self.keys.partition(p).outbox
+        stopping = self._stopping[p]
+        backoff = 0.05
+        last_id = "0"  # first our own pending entries (a restart with the same consumer name) ...
+        claim_due = 0.0
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            try:
+                if loop.time() >= claim_due:  # ... and entries of relays that died holding them
+                    claim_due = loop.time() + self.claim_idle_ms / 2000
+                    await self._claim(p, outbox)
+                block = None if last_id == "0" else self.block_ms
+                reply = await self.pool.xreadgroup(GROUP, self.consumer, {outbox: last_id}, count=100, block=block)
+                entries = reply[0][1] if reply else []
+                if last_id == "0" and not entries:
+                    last_id = ">"
+                for entry_id, fields in entries:
+                    await self._handle(p, outbox, entry_id, fields)
+                    if stopping.is_set():
+                        break
+                backoff = 0.05
+            except (RedisError, OSError) as exc:
+                log.warning("dispatcher_redis_error", partition=p, error=str(exc), retry_in=backoff)
+                self.stats["redis_errors"] += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                last_id = "0"  # whatever we held is still pending: go through it again
+
+    async def _claim(self, p: int, outbox: str) -> None:
+        start = "0-0"
+        while True:
+            reply = await self.pool.xautoclaim(outbox, GROUP, self.consumer, self.claim_idle_ms, start, count=100)
+            start, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if fields is None:  # trimmed while pending
+                    await self.pool.xack(outbox, GROUP, entry_id)
+                    continue
+                self.stats["claimed"] += 1
+                await self._handle(p, outbox, entry_id, fields)
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _handle(self, p: int, outbox: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            entry = parse_entry(entry_id, fields)
+        except MalformedEntry as exc:
+            dead = self.keys.partition(p).dead
+            await self.pool.xadd(dead, {"source": outbox, "entry": entry_id, "reason": f"malformed outbox: {exc}"})
+            await self.pool.xack(outbox, GROUP, entry_id)
+            log.error("dispatcher_malformed_entry", partition=p, entry=entry_id.decode(), error=str(exc))
+            self.stats["malformed"] += 1
+            return
+        match entry.kind:
+            case OutboxKind.START:
+                await self._start(entry)
+            case OutboxKind.UPDATE:
+                await self._update(entry)
+            case OutboxKind.CANCEL:
+                await self._cancel(entry)
+        # only now: arq accepted the call (or it was a no-op); a crash before this line redelivers
+        await self.pool.xack(outbox, GROUP, entry_id)
+
+    # ------------------------------------------------------------------ kinds
+
+    async def _task_open(self, entry: OutboxEntry) -> bool:
+        task = await self.ledger.task(entry.conversation_id, entry.task_id)
+        return task is not None and task.is_open
+
+    async def _dispatch(self, entry: OutboxEntry, dispatch: int, explanation: str) -> bool:
+        tk = self.keys.task(entry.conversation_id, entry.task_id)
+        created = await enqueue_task(self.pool, self.keys, entry.conversation_id, entry.task_id, dispatch, explanation)
+        jid = job_id(self.keys, entry.conversation_id, entry.task_id, dispatch)
+        await self._record(keys=[tk.run], args=[dispatch, jid])
+        self.stats["enqueued" if created else "duplicates"] += 1
+        log.debug("dispatched", job=jid, created=created)
+        return created
+
+    async def _start(self, entry: OutboxEntry) -> None:
+        if not await self._task_open(entry):
+            self.stats["skipped_closed"] += 1
+            return
+        await self._dispatch(entry, entry.attempt, entry.text)
+
+    async def _current_job(self, entry: OutboxEntry) -> str | None:
+        raw: bytes | None = await self.pool.hget(self.keys.task(entry.conversation_id, entry.task_id).run, "job")  # type: ignore[misc]
+        return raw.decode() if raw is not None else None
+
+    async def _update(self, entry: OutboxEntry) -> None:
+        tk = self.keys.task(entry.conversation_id, entry.task_id)
+        fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
+        try:
+            await self.pool.xadd(tk.updates, fields, id=entry.entry_id)  # type: ignore[arg-type]
+            self.stats["updates"] += 1
+        except ResponseError as exc:
+            if "equal or smaller" not in str(exc):
+                raise
+            if await self.pool.xrange(tk.updates, entry.entry_id, entry.entry_id):
+                self.stats["duplicate_updates"] += 1  # delivered before a crash/redelivery
+            else:  # a later entry got there first (claimed out of order): deliver it anyway
+                await self.pool.xadd(tk.updates, fields)  # type: ignore[arg-type]
+                self.stats["updates"] += 1
+        task = await self.ledger.task(entry.conversation_id, entry.task_id)
+        if task is None or not task.is_open:
+            return
+        jid = await self._current_job(entry)
+        if jid is not None and await job_state(self.pool, self.keys, jid) in ACTIVE_STATES:
+            return  # the handler reads the update (now, or when the queued job starts)
+        run: int = await self.pool.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
+        self.stats["redispatched"] += 1
+        log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)
+        await self._dispatch(entry, run, task.summary)
+
+    async def _cancel(self, entry: OutboxEntry) -> None:
+        jid = await self._current_job(entry) or job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
+        state = await abort(self.pool, self.keys, jid)
+        self.stats["aborted" if state in ACTIVE_STATES else "cancel_no_job"] += 1

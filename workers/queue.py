@@ -1,0 +1,117 @@
+"""The arq side of dispatch: msgpack serializer (no pickle), the pool, job ids, enqueue, abort, state.
+
+Every job of a task has the id ``<prefix>:<conversation>:<task>:<dispatch>``; ``dispatch`` is 1 for the
+ledger's start and grows with every re-dispatch, so an id is never reused for a different job. The
+prefix is there because arq's own keys (``arq:job:<id>``, ``arq:result:<id>``) are global: without it two
+deployments (or test runs) sharing a Redis would dedup each other's jobs. Two arq 0.28
+behaviours shape this module (see docs/workers.md):
+
+* ``enqueue_job`` dedups only on the job and result keys: a second enqueue of an id returns ``None``
+  while the job is queued, running or its result is kept (``keep_result_s``).
+* Abort markers (``arq:abort``) never expire (python-arq/arq#485) and abort the *next* job that starts
+  with that id. We only mark jobs that are queued or running, and clear any marker of an id right
+  before enqueueing it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
+from arq.jobs import Job, JobStatus
+from redis.asyncio import ConnectionPool
+
+from ledger import Keys
+
+#: arq function name of the task runner (workers/runner.py)
+RUN_TASK = "run_task"
+#: job states in which the job will still run (or is running): no re-dispatch, an abort can land
+ACTIVE_STATES = frozenset({JobStatus.queued, JobStatus.deferred, JobStatus.in_progress})
+
+
+def _enc_hook(obj: object) -> object:
+    # arq stores a job's exception as its result (an aborted job's result is CancelledError); keep it
+    # readable as text instead of failing the result write ("unable to serialize result").
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    raise NotImplementedError(f"cannot serialize {type(obj).__name__}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.msgpack.Decoder()
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """arq ``job_serializer``: msgpack via msgspec (job payloads and results)."""
+    return _encoder.encode(data)
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    """arq ``job_deserializer``: the inverse of :func:`serialize`."""
+    decoded: dict[str, Any] = _decoder.decode(data)
+    return decoded
+
+
+def create_pool(redis_url: str, keys: Keys, *, client_name: str | None = None) -> ArqRedis:
+    """An arq pool on ``redis_url`` with our serializer and queue; close it with ``await pool.aclose()``."""
+    conn_pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=2.0, client_name=client_name)
+    pool = ArqRedis(
+        pool_or_conn=conn_pool,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=keys.queue,
+    )
+    # the client owns its connection pool (what Redis.from_pool does): aclose() closes both
+    pool.auto_close_connection_pool = True
+    return pool
+
+
+def job_id(keys: Keys, conversation_id: str, task_id: str, dispatch: int) -> str:
+    """The deterministic arq job id of one dispatch of a task."""
+    return f"{keys.prefix}:{conversation_id}:{task_id}:{dispatch}"
+
+
+def job(pool: ArqRedis, keys: Keys, jid: str) -> Job:
+    """An arq ``Job`` handle with our deserializer (a bare ``Job(id, redis)`` would use pickle)."""
+    return Job(jid, pool, _queue_name=keys.queue, _deserializer=deserialize)
+
+
+async def job_state(pool: ArqRedis, keys: Keys, jid: str) -> JobStatus:
+    return await job(pool, keys, jid).status()
+
+
+async def enqueue_task(
+    pool: ArqRedis,
+    keys: Keys,
+    conversation_id: str,
+    task_id: str,
+    dispatch: int,
+    explanation: str,
+) -> bool:
+    """Enqueue ``run_task`` for one dispatch; True if this call created the job, False if it existed.
+
+    A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
+    starts (arq#485), so it is removed first. A marker added *after* the ZREM comes from a cancel of
+    this very job and is honoured.
+    """
+    jid = job_id(keys, conversation_id, task_id, dispatch)
+    await pool.zrem(abort_jobs_ss, jid)
+    created = await pool.enqueue_job(
+        RUN_TASK, conversation_id, task_id, dispatch, explanation, _job_id=jid, _queue_name=keys.queue
+    )
+    return created is not None
+
+
+async def abort(pool: ArqRedis, keys: Keys, jid: str) -> JobStatus:
+    """Ask the worker running (or about to run) ``jid`` to cancel it; returns the state seen.
+
+    Only queued or running jobs get a marker: a marker for a finished job would never be removed.
+    Unlike ``Job.abort`` this does not wait for the result (the relay must not block on a worker).
+    """
+    state = await job_state(pool, keys, jid)
+    if state in ACTIVE_STATES:
+        await pool.zadd(abort_jobs_ss, {jid: int(time.time() * 1000)})
+    return state

@@ -8,6 +8,7 @@ import uuid
 import click
 
 from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp
+from orchestrator.commands.bench_router import bench_router
 from orchestrator.commands.common import connect, load_settings, percentile, print_json, run
 from orchestrator.settings import Settings
 
@@ -66,3 +67,6 @@ def bench_apply(count: int, conversations: int, redis_url: str | None, as_json: 
     else:
         ms: dict[str, float] = result["apply_ms"]  # type: ignore[assignment]
         click.echo(f"{count} applies: p50 {ms['p50']} ms, p99 {ms['p99']} ms, {result['applies_per_s']} applies/s")
+
+
+bench.add_command(bench_router)

@@ -8,6 +8,7 @@ import uuid
 import click
 
 from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp
+from orchestrator.commands.bench_router import bench_router
 from orchestrator.commands.common import connect, fail, load_settings, percentile, print_json, run
 from orchestrator.handoff import bench_handoff as measure
 from orchestrator.logsetup import configure_logging
@@ -98,3 +99,6 @@ def bench_handoff(
             f"{iterations} tasks, {n_workers} workers, poll {delay * 1000:g} ms: handoff p50 {h['p50']} ms "
             f"p99 {h['p99']} ms; cancel p50 {c['p50']} ms p99 {c['p99']} ms"
         )
+
+
+bench.add_command(bench_router)

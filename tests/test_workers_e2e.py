@@ -120,6 +120,7 @@ async def test_cancel_stops_running_handler(
     await wait_until(lambda: redis.hexists(run_key, "stopped_at"), within=5)
     stopped = float(await redis.hget(run_key, "stopped_at"))
     assert 0 < stopped - t_cancel < 2.0  # one poll delay (10 ms) in practice; loose bound on a busy box
+    assert 0 < await redis.ttl(run_key) <= 86_400  # a closed task's worker-side keys expire
     info = await job(pool, keys, job_id(keys, "c1", "task-1", 1)).result_info()
     assert info is not None and info.success is False  # arq recorded an abort
     events = await task_events(redis, keys, "c1")
@@ -169,6 +170,7 @@ async def test_failing_handler_retries_then_fails(
     await apply_events(ledger, events)
     task = (await ledger.snapshot("c1")).task("task-1")
     assert task is not None and task.status is TaskStatus.FAILED and task.attempt == 3
+    assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
 
 
 async def test_abort_marker_does_not_hit_reused_id(

@@ -8,6 +8,7 @@ import uuid
 import click
 
 from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp
+from orchestrator.commands.bench_loop import bench_loop_cmd
 from orchestrator.commands.bench_router import bench_router
 from orchestrator.commands.common import connect, load_settings, percentile, print_json, run
 from orchestrator.settings import Settings
@@ -70,3 +71,4 @@ def bench_apply(count: int, conversations: int, redis_url: str | None, as_json: 
 
 
 bench.add_command(bench_router)
+bench.add_command(bench_loop_cmd)

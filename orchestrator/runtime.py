@@ -86,6 +86,7 @@ class Orchestrator:
         self._shutdown: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._control_done = False
         self._stopped = asyncio.Event()
         self._last_tick = 0.0
         self._grace = settings.grace_s
@@ -197,20 +198,23 @@ class Orchestrator:
             self.log.warning("grace_expired_cancelling", partitions=[w.partition for w in leftover])
             await self._abort_all(leftover)
         if self._control is not None:
-            self._control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._control
+            # a flag, not cancel(): the loop must not be interrupted halfway through a renewal
+            self._control_done = True
+            self._wake.set()
+            await self._control
         for task in list(self._background):
             if not task.get_name().endswith("signal-stop"):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(task, CANCEL_DEADLINE_S)
+                    async with asyncio.timeout(CANCEL_DEADLINE_S):
+                        await task
         await self._release_all()
         await self._close()
         self.log.info("orchestrator_stopped")
 
     async def _abort_all(self, workers: list[PartitionWorker]) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(w.abort() for w in workers)), CANCEL_DEADLINE_S)
+            async with asyncio.timeout(CANCEL_DEADLINE_S):
+                await asyncio.gather(*(w.abort() for w in workers))
 
     async def _release_all(self) -> None:
         leases = [w.lease for w in self.partitions.values()]
@@ -234,9 +238,12 @@ class Orchestrator:
     async def _control_loop(self) -> None:
         interval = self.settings.lease_ms / 3000
         failures = 0
-        while self.state in (State.RUNNING, State.STOPPING):
+        while not self._control_done:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            if self._control_done:
+                return
             self._wake.clear()
             try:
                 await self._tick()

@@ -173,7 +173,7 @@ class OpenAIBackend:
         choice = completion.choices[0]
         raw = choice.message.content or ""
         intent = self._parse(raw, request)
-        confidence, source = 1.0, "constant"
+        confidence, source, probs = 1.0, "constant", None
         content = choice.logprobs.content if choice.logprobs is not None else None
         if content:
             dist = confidence_of(
@@ -185,6 +185,7 @@ class OpenAIBackend:
                 [[TokenCandidate(c.logprob, 0, c.token) for c in t.top_logprobs] for t in content],
             )
             if dist:
+                probs = dist
                 scaled = self.config.calibration.apply(dist)
                 confidence = scaled.get(intent.action.value, 0.0)
                 source = "calibrated" if self.config.calibration.temperature != 1.0 else "model"
@@ -201,6 +202,7 @@ class OpenAIBackend:
             cached_tokens=getattr(details, "cached_tokens", None),
             confidence_source=source,
             transport_ms=transport_ms,
+            action_probs=probs,
         )
 
     def _parse(self, raw: str, request: DecisionRequest) -> Intent:

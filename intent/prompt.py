@@ -154,8 +154,8 @@ def render_chat(
     ]
 
 
-def parse_rendered(prompt_text: str) -> tuple[list[TaskInfo], str, str]:
-    """Read back a rendered prompt: (ledger tasks, role of the last turn, text of the last turn).
+def parse_rendered(prompt_text: str) -> tuple[list[TaskInfo], list[ChatMessage]]:
+    """Read back a rendered prompt: (ledger tasks, transcript as shown).
 
     Only the stand-in server uses this (its brain sees what a model would see); it understands both
     renderings because it only looks at the variable part.
@@ -170,9 +170,9 @@ def parse_rendered(prompt_text: str) -> tuple[list[TaskInfo], str, str]:
         status, _, tail = rest.partition("] ")
         summary, _, update = tail.partition(" | last update: ")
         tasks.append(TaskInfo(id=head, status=status, summary=summary, last_update=update))
-    role, text = "", ""
-    for line in transcript_text.splitlines()[1:]:
-        r, sep, t = line.partition(": ")
-        if sep and r and " " not in r and not r.startswith("("):
-            role, text = r, t
-    return tasks, role, text.split("<|end|>")[0].strip()
+    transcript: list[ChatMessage] = []
+    for line in transcript_text.split("<|end|>")[0].splitlines()[1:]:
+        role, sep, text = line.partition(": ")
+        if sep and role and " " not in role and not role.startswith("("):
+            transcript.append(ChatMessage(role=role, content=text.strip()))
+    return tasks, transcript

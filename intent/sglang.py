@@ -19,6 +19,7 @@ the deadline leaves room.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -146,13 +147,13 @@ class SGLangBackend:
     # -- requests --------------------------------------------------------------------------------
     def build_request(self, request: DecisionRequest, stream: bool = False, attempt: int = 0) -> GenerateRequest:
         """The ``/generate`` body for one decision (exactly one grammar, json_schema as a string)."""
-        ids = request.open_task_ids
         fmt = self.config.output_format
+        grammar = _grammar(fmt, tuple(request.open_task_ids))
         sampling = SamplingParams(
             temperature=0.0,
             max_new_tokens=self.config.max_new_tokens,
-            json_schema=json_schema(ids) if fmt == "json" else None,
-            ebnf=ebnf(ids) if fmt == "call" else None,
+            json_schema=grammar if fmt == "json" else None,
+            ebnf=grammar if fmt == "call" else None,
         )
         return GenerateRequest(
             text=render_harmony(request, fmt, self.config.transcript_limit),
@@ -297,8 +298,12 @@ class SGLangBackend:
         )
 
     def _confidence(self, request: DecisionRequest, resp: GenerateResponse) -> dict[str, float]:
+        """The calibrated action distribution of an output."""
+        return self.config.calibration.apply(self._distribution(request, resp))
+
+    def _distribution(self, request: DecisionRequest, resp: GenerateResponse) -> dict[str, float]:
         meta = resp.meta_info
-        dist = confidence_of(
+        return confidence_of(
             resp.text,
             self.config.output_format,
             allowed_actions(request.open_task_ids),
@@ -306,7 +311,6 @@ class SGLangBackend:
             [c.logprob for c in meta.output_token_logprobs],
             meta.output_top_logprobs,
         )
-        return self.config.calibration.apply(dist)
 
     def _decision(
         self,
@@ -324,9 +328,10 @@ class SGLangBackend:
             intent = validate(parse(resp.text), request.open_task_ids)
         except InvalidDecision as exc:
             raise InvalidDecision(exc.reason, resp.text) from None
-        dist = self._confidence(request, resp)
-        if not dist:
+        raw_dist = self._distribution(request, resp)
+        if not raw_dist:
             raise BackendError(self.name, "no log-probs at the action position (is return_logprob honoured?)")
+        dist = self.config.calibration.apply(raw_dist)
         return Decision(
             intent=intent,
             confidence=dist.get(intent.action.value, 0.0),
@@ -340,7 +345,14 @@ class SGLangBackend:
             server_latency_ms=None if meta.e2e_latency is None else meta.e2e_latency * 1000,
             early_ms=early_ms,
             transport_ms=transport_ms,
+            action_probs=raw_dist,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _grammar(fmt: str, open_task_ids: tuple[str, ...]) -> str:
+    """The request grammar; memoised because the same ledgers recur turn after turn."""
+    return json_schema(open_task_ids) if fmt == "json" else ebnf(open_task_ids)
 
 
 def _error_message(payload: bytes) -> str:

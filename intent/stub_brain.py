@@ -14,6 +14,7 @@ replace :class:`KeywordBrain` without touching the server.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -23,9 +24,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from intent.backend import BackendError, DecisionRequest
 from intent.confidence import TokenCandidate, action_offset
 from intent.constraints import MAX_TEXT_CHARS
-from intent.contract import ACTION_ARGS, Action, TaskInfo
+from intent.contract import ACTION_ARGS, Action, ChatMessage, TaskInfo
+from intent.errors import InvalidDecision
 
 MASKED_LOGPROB = -3.4028234663852886e38  # what SGLang 0.5.2x reports for grammar-masked tokens
 _TOKEN = re.compile(r"<\|[a-z]+\|>| ?[^\W\d_]+| ?\d+|_| ?[^\w\s]+|\s+")
@@ -36,6 +39,7 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+@functools.lru_cache(maxsize=65536)
 def token_id(token: str) -> int:
     """A stable fake vocabulary id (special harmony tokens keep their real ids)."""
     return _SPECIAL.get(token, 1000 + zlib.crc32(token.encode()) % 199_000)
@@ -43,6 +47,12 @@ def token_id(token: str) -> int:
 
 _SPECIAL = {"<|return|>": 200002, "<|constrain|>": 200003, "<|channel|>": 200005, "<|start|>": 200006}
 _SPECIAL |= {"<|end|>": 200007, "<|message|>": 200008, "<|call|>": 200012}
+
+
+#: Runner-up tokens shown at positions where the output is not in doubt (synthetic, low probability).
+_ALTERNATIVES = tuple(
+    TokenCandidate(-4.5 - j * 1.1, token_id(t), t) for j, t in enumerate((" the", ",", ".", " and", " a", "\n", " to"))
+)
 
 
 class Grammar(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,8 +103,10 @@ class Choice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Brain(Protocol):
-    def choose(self, tasks: Sequence[TaskInfo], role: str, text: str, grammar: Grammar, low: bool) -> Choice:
-        """Pick an allowed action; ``low`` asks for a below-threshold (but same) decision."""
+    def choose(
+        self, tasks: Sequence[TaskInfo], transcript: Sequence[ChatMessage], grammar: Grammar, low: bool
+    ) -> Choice:
+        """Pick an action the grammar allows; ``low`` asks for a below-threshold (but same) decision."""
         ...
 
 
@@ -114,14 +126,15 @@ _WORD = re.compile(r"[^\W\d_]{4,}")
 class KeywordBrain:
     """Deterministic keyword rules: cancel > update (with an open task) > start > ack (noop) > reply."""
 
-    def choose(self, tasks: Sequence[TaskInfo], role: str, text: str, grammar: Grammar, low: bool) -> Choice:
-        open_ids = [i for i in grammar.task_ids]
+    def choose(
+        self, tasks: Sequence[TaskInfo], transcript: Sequence[ChatMessage], grammar: Grammar, low: bool
+    ) -> Choice:
+        role, text = (transcript[-1].role, transcript[-1].content) if transcript else ("", "")
+        open_ids = list(grammar.task_ids)
         wanted, strength = self._rule(role, text, bool(open_ids))
         action = wanted if wanted in grammar.actions else _fallback(grammar.actions)
         args = self._args(action, text, tasks, open_ids, grammar.max_chars)
-        jitter = (zlib.crc32(text.encode()) % 1000) / 1000  # deterministic per text
-        top = 0.42 + 0.06 * jitter if low else strength + (0.99 - strength) * 0.5 * jitter
-        return Choice(action=action, args=args, probs=_spread(action, grammar.actions, top))
+        return Choice(action=action, args=args, probs=_spread(action, grammar.actions, _top(text, strength, low)))
 
     @staticmethod
     def _rule(role: str, text: str, has_open: bool) -> tuple[Action, float]:
@@ -153,6 +166,39 @@ class KeywordBrain:
                 return {"task_id": _pick_task(text, tasks, open_ids), "explanation": said}
             case _:
                 return {}
+
+
+class EmbeddedBrain:
+    """The project's embedded CPU tier as the stand-in's brain (its decisions, keyword-free)."""
+
+    def __init__(self, model_path: str | None = None) -> None:
+        from intent.embedded import EmbeddedBackend  # optional: keeps the keyword brain import-light
+
+        self._backend = EmbeddedBackend.load(model_path)
+
+    def choose(
+        self, tasks: Sequence[TaskInfo], transcript: Sequence[ChatMessage], grammar: Grammar, low: bool
+    ) -> Choice:
+        allowed = set(grammar.task_ids)
+        visible = [t for t in tasks if t.id in allowed] or [TaskInfo(id=i, summary="") for i in grammar.task_ids]
+        request = DecisionRequest(conversation_id="stub", turn_id="stub", transcript=transcript, tasks=visible)
+        try:
+            decision = self._backend.decide_sync(request)
+        except (BackendError, InvalidDecision):
+            return KeywordBrain().choose(tasks, transcript, grammar, low)
+        action = decision.intent.action
+        args = {k: (v or "(none)")[: grammar.max_chars] for k, v in decision.intent.args().items()}
+        if action not in grammar.actions:
+            return KeywordBrain().choose(tasks, transcript, grammar, low)
+        text = transcript[-1].content if transcript else ""
+        strength = min(0.99, max(0.5, decision.confidence))
+        return Choice(action=action, args=args, probs=_spread(action, grammar.actions, _top(text, strength, low)))
+
+
+def _top(text: str, strength: float, low: bool) -> float:
+    """The chosen action's probability: ``strength`` with a deterministic jitter, or ~0.45 when ``low``."""
+    jitter = (zlib.crc32(text.encode()) % 1000) / 1000
+    return 0.42 + 0.06 * jitter if low else strength + (0.99 - strength) * 0.5 * jitter
 
 
 def _fallback(allowed: Sequence[Action]) -> Action:
@@ -225,9 +271,8 @@ def synth_logprobs(
             masked = [a.value for a in Action if a.value not in choice.probs]
             cands += [TokenCandidate(MASKED_LOGPROB, token_id(tokenize(a)[0]), tokenize(a)[0]) for a in masked]
         else:
-            lp = -0.002 - 0.03 * ((zlib.crc32(f"{i}{tok}".encode()) % 100) / 100)
-            cands = [TokenCandidate(lp, token_id(tok), tok)]
-            cands += [TokenCandidate(-4.5 - j * 1.1, token_id(f"alt{j}{tok}"), f"{tok}{j}") for j in range(top_n)]
+            lp = -0.002 - 0.03 * ((token_id(tok) + i) % 100) / 100
+            cands = [TokenCandidate(lp, token_id(tok), tok), *(a for a in _ALTERNATIVES if a.text != tok)]
         tops.append(cands[:top_n])
         chosen.append(next(c for c in cands if c.text == tok) if any(c.text == tok for c in cands) else cands[0])
         pos += len(tok)

@@ -3,7 +3,8 @@
 **It is not a model server.** It speaks SGLang's HTTP API — ``POST /generate`` (streaming and not),
 ``POST /v1/chat/completions``, ``GET /health``, ``GET /model_info`` and ``GET /get_model_info`` — and
 validates requests the way SGLang 0.5.23 does (see :mod:`intent.stub_validate`), but its "decisions"
-come from :class:`intent.stub_brain.KeywordBrain`, a handful of deterministic keyword rules. Outputs
+come from :class:`intent.stub_brain.KeywordBrain`, a handful of deterministic keyword rules (or, with
+``brain="embedded"``, from the project's embedded CPU tier). Outputs
 always satisfy the grammar the request carried, ``meta_info`` has SGLang's keys (token counts,
 ``cached_tokens`` from a simulated prefix cache, ``e2e_latency``, log-probs), and the latency and
 faults are configurable so the router can be exercised: a fixed or random latency per request, and
@@ -35,6 +36,7 @@ from intent.sglang_wire import RETURN_TOKEN_ID
 from intent.stub_brain import (
     Brain,
     Choice,
+    EmbeddedBrain,
     Grammar,
     KeywordBrain,
     read_ebnf,
@@ -93,6 +95,7 @@ class StubConfig(msgspec.Struct, frozen=True, kw_only=True):
     malformed_rate: float = 0.0  # output that violates the grammar / does not parse
     low_confidence_rate: float = 0.0  # same decision, top probability ~0.45
     chat_logprobs: Literal["yes", "null", "reject"] = "yes"  # what /v1/chat/completions does with logprobs
+    brain: Literal["keywords", "embedded"] = "keywords"  # keyword rules, or the embedded CPU tier
     hang_s: float = 3600.0
     seed: int = 0
 
@@ -102,11 +105,12 @@ class StubServer:
 
     def __init__(self, config: StubConfig | None = None, brain: Brain | None = None) -> None:
         self.config = config or StubConfig()
-        self.brain: Brain = brain or KeywordBrain()
+        self.brain: Brain = brain or (EmbeddedBrain() if self.config.brain == "embedded" else KeywordBrain())
         self.rng = random.Random(self.config.seed)
         self.requests = 0
         self.ready = False
         self._pages: OrderedDict[int, None] = OrderedDict()
+        self._heads: dict[str, list[str]] = {}
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -170,6 +174,18 @@ class StubServer:
                     self._pages.popitem(last=False)
         return cached
 
+    def _tokenize_prompt(self, prompt: str) -> list[str]:
+        """Tokenize a prompt; the fixed head (everything before the ledger) is memoised, as it repeats."""
+        head, sep, tail = prompt.partition("## Ledger")
+        if not sep:
+            return tokenize(prompt)
+        head_tokens = self._heads.get(head)
+        if head_tokens is None:
+            if len(self._heads) >= 8:
+                self._heads.clear()
+            head_tokens = self._heads[head] = tokenize(head)
+        return head_tokens + tokenize(sep + tail)
+
     def _faults(self) -> tuple[bool, bool, bool, bool]:
         c, r = self.config, self.rng
         rates = (c.error_rate, c.timeout_rate, c.malformed_rate, c.low_confidence_rate)
@@ -177,8 +193,8 @@ class StubServer:
         return error, hang, malformed, low
 
     def _decide(self, prompt: str, grammar: Grammar, low: bool, malformed: bool) -> tuple[Choice, str]:
-        tasks, role, text = parse_rendered(prompt)
-        choice = self.brain.choose(tasks, role, text, grammar, low)
+        tasks, transcript = parse_rendered(prompt)
+        choice = self.brain.choose(tasks, transcript, grammar, low)
         out = render_output(choice, grammar)
         if malformed:
             out = _malform(out, choice, grammar, self.rng)
@@ -189,8 +205,8 @@ class StubServer:
         t0 = time.perf_counter()
         self.requests += 1
         try:
-            body = await request.json()
-        except ValueError as exc:
+            body = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
             return _openai_error(f"JSON decode error: {exc}", 400, "Bad Request")
         try:
             params = check_generate(body)
@@ -210,7 +226,7 @@ class StubServer:
         prompt = body.get("text") or ""
         grammar = _grammar_of(params, prompt)
         choice, out = self._decide(prompt, grammar, low, malformed)
-        prompt_tokens = tokenize(prompt)
+        prompt_tokens = self._tokenize_prompt(prompt)
         top_n = int(body.get("top_logprobs_num") or 0)
         tokens, chosen, tops = synth_logprobs(out, choice, grammar, max(top_n, 1))
         max_new = int(params.get("max_new_tokens", 128))
@@ -234,7 +250,7 @@ class StubServer:
         if body.get("stream") is True:
             return await self._stream(request, gen, latency, int(params.get("stream_interval") or 1))
         await asyncio.sleep(max(0.0, latency - (time.perf_counter() - t0)))
-        return web.json_response(gen.chunk(len(tokens), final=True))
+        return _json(gen.chunk(len(tokens), final=True))
 
     async def _stream(self, request: web.Request, gen: _Gen, latency: float, interval: int) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
@@ -245,8 +261,7 @@ class StubServer:
             end = min(end, n)
             due = gen.t0 + latency * 0.3 + per_token * end  # absolute schedule: sleeps do not drift
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            data = json.dumps(gen.chunk(end, final=end == n), ensure_ascii=False)
-            await resp.write(b"data: " + data.encode() + b"\n\n")
+            await resp.write(b"data: " + msgspec.json.encode(gen.chunk(end, final=end == n)) + b"\n\n")
             if end == n:
                 break
         await resp.write(b"data: [DONE]\n\n")
@@ -260,9 +275,9 @@ class StubServer:
         if request.content_type != "application/json":
             return _openai_error("Unsupported Media Type: Only 'application/json' is allowed", 400, "Bad Request")
         try:
-            body = await request.json()
+            body = msgspec.json.decode(await request.read())
             check_chat(body)
-        except ValueError as exc:
+        except (ValueError, msgspec.DecodeError) as exc:
             return _openai_error(str(exc), 400, "BadRequestError")
         want_logprobs = body.get("logprobs") is True
         if want_logprobs and self.config.chat_logprobs == "reject":
@@ -280,14 +295,14 @@ class StubServer:
         grammar = read_json_schema(schema) if isinstance(schema, dict) else read_json_schema({})
         choice, out = self._decide(prompt, grammar, low, malformed)
         tokens, chosen, tops = synth_logprobs(out, choice, grammar, max(int(body.get("top_logprobs") or 0), 1))
-        prompt_tokens = tokenize(prompt)
+        prompt_tokens = self._tokenize_prompt(prompt)
         cached = self._cached(prompt_tokens)
         logprobs = None
         if want_logprobs and self.config.chat_logprobs == "yes":
             k = int(body.get("top_logprobs") or 0)
             logprobs = {"content": [_chat_lp(c, top[:k]) for c, top in zip(chosen, tops, strict=True)]}
         await asyncio.sleep(max(0.0, latency - (time.perf_counter() - t0)))
-        return web.json_response(
+        return _json(
             {
                 "id": uuid.uuid4().hex,
                 "object": "chat.completion",
@@ -352,6 +367,10 @@ class _Gen(msgspec.Struct, kw_only=True):
 
     def _triple(self, c: TokenCandidate) -> list[Any]:
         return [c.logprob, c.token_id, c.text if self.with_text else None]
+
+
+def _json(body: Json, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 def _grammar_of(params: Json, prompt: str) -> Grammar:

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 
 from intent.backend import Backend
 from intent.calibration import Calibration
-from intent.router import Router, Tier
-from intent.sglang import SGLangBackend, SGLangConfig
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from intent.openai_backend import OpenAIBackend
+    from intent.sglang import SGLangBackend
+
+# The HTTP tiers (aiohttp, openai) are imported by their builders: every ``sraq`` command imports this
+# module, and those packages cost ~1 s of start-up.
 
 
 class BackendConfigError(ValueError):
@@ -55,6 +57,8 @@ def _embedded(settings: Settings) -> Backend:
 
 
 def _sglang(settings: Settings) -> SGLangBackend:
+    from intent.sglang import SGLangBackend, SGLangConfig
+
     return SGLangBackend(
         SGLangConfig(
             url=settings.sglang_url,
@@ -117,5 +121,7 @@ def build_backend(settings: Settings) -> Backend:
         raise BackendConfigError(f"unknown intent tier(s) {unknown}; known: {sorted(BUILDERS)}")
     if len(names) == 1:
         return BUILDERS[names[0]](settings)
+    from intent.router import Router, Tier
+
     # backends open their connections lazily, so nothing needs closing if a later tier fails to build
     return Router([Tier(BUILDERS[n](settings), *_limits(n, settings)) for n in names])

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     task_keep_result_s: float = Field(
         86_400.0, ge=0, description="How long arq keeps a job result (blocks re-enqueue of the same job id)"
     )
+    relay_outbox: bool = Field(
+        True, description="The orchestrator relays the outbox of its partitions to arq (else run sraq dispatcher)"
+    )
     dispatcher_claim_idle_ms: int = Field(
         5000, ge=100, description="Outbox entries held this long by a dead relay are claimed by a live one"
     )

@@ -45,11 +45,12 @@ def test_harmony_layout() -> None:
 
 def test_ledger_and_transcript_read_back() -> None:
     req = request("Actually, only direct\nflights")
-    tasks, role, text = parse_rendered(render_harmony(req))
+    tasks, transcript = parse_rendered(render_harmony(req))
     assert [(t.id, t.status) for t in tasks] == [(t.id, t.status) for t in OPEN_TASKS]
-    assert (role, text) == ("user", "Actually, only direct flights")
+    assert [m.role for m in transcript] == ["user", "assistant", "user"]
+    assert transcript[-1].content == "Actually, only direct flights"
     chat = render_chat(req)
-    assert parse_rendered(chat[1]["content"])[1:] == ("user", "Actually, only direct flights")
+    assert parse_rendered(chat[1]["content"])[1] == transcript
 
 
 def test_no_open_task_is_spelled_out() -> None:

@@ -190,3 +190,15 @@ async def test_chat_completions_validation() -> None:
                 assert r.status == 400 and err["object"] == "error" and message in err["message"]
         async with http.post(f"{url}/v1/chat/completions", data="{}", headers={"Content-Type": "text/plain"}) as r:
             assert r.status == 400
+
+
+async def test_embedded_brain_honours_the_grammar() -> None:
+    async with running(StubConfig(latency=Latency(a=0.0), brain="embedded")) as url:
+        backend = SGLangBackend(SGLangConfig(url=url))
+        try:
+            for text in ("cancel the dinner please", "find me a hotel in Lisbon", "thanks", "how's it going"):
+                d = await backend.decide(request(text))
+                assert validate(d.intent, ["task-1", "task-2"]) == d.intent
+                assert 0.0 < d.confidence <= 1.0
+        finally:
+            await backend.aclose()

@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import click
 
 from intent.backend import DecisionRequest, Undecided
 from intent.contract import ChatMessage, TaskInfo
-from intent.router import Router, Tier
-from intent.sglang import SGLangBackend, SGLangConfig
-from intent.sglang_wire import encoder
 from orchestrator.commands.common import percentile, print_json, run
+
+if TYPE_CHECKING:
+    from intent.router import Router
+
+# aiohttp, numpy and the backends are imported inside the functions: ``sraq --help`` and every other
+# command would otherwise pay for them at start-up.
 
 TURNS = [
     "can you find me a hotel in Lisbon for next weekend",
@@ -56,9 +60,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Stub:
+    """A running stand-in server subprocess."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self.pid = pid
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (Linux /proc; 0.0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def stub_process(*args: str) -> AsyncIterator[str]:
-    """A ``sraq intent stub-server`` subprocess; yields its URL once ``/health`` is 200."""
+async def stub_process(*args: str) -> AsyncIterator[Stub]:
+    """A ``sraq intent stub-server`` subprocess, yielded once ``/health`` is 200."""
+    import aiohttp
+
     port = _free_port()
     cmd = [sys.executable, "-m", "orchestrator", "intent", "stub-server", "--port", str(port), *args]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,7 +97,7 @@ async def stub_process(*args: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
             else:
                 raise click.ClickException("stub server did not become healthy")
-        yield url
+        yield Stub(url, proc.pid)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -104,7 +126,13 @@ def _ms(values: Sequence[float]) -> dict[str, float]:
     return {"p50": round(percentile(list(values), 50), 3), "p99": round(percentile(list(values), 99), 3)}
 
 
-async def _raw(url: str, conversations: int, turns: int) -> list[float]:
+async def _raw(url: str, conversations: int, turns: int) -> tuple[list[float], float]:
+    """Latencies of direct ``/generate`` posts, and this process's CPU µs per request."""
+    import aiohttp
+
+    from intent.sglang import SGLangBackend, SGLangConfig
+    from intent.sglang_wire import encoder
+
     builder = SGLangBackend(SGLangConfig(url=url))
     lat: list[float] = []
     connector = aiohttp.TCPConnector(limit=conversations + 10, keepalive_timeout=30)
@@ -118,8 +146,10 @@ async def _raw(url: str, conversations: int, turns: int) -> list[float]:
                     await r.read()
                 lat.append((time.perf_counter() - t0) * 1000)
 
+        cpu = time.process_time()
         await asyncio.gather(*(conversation(c) for c in range(conversations)))
-    return lat
+        cpu = time.process_time() - cpu
+    return lat, cpu / max(len(lat), 1) * 1e6
 
 
 async def _through(router: Router, conversations: int, turns: int, deadline_s: float) -> dict[str, Any]:
@@ -143,30 +173,37 @@ async def _through(router: Router, conversations: int, turns: int, deadline_s: f
 
     await router.start()  # health, model info, warm-up
     try:
+        cpu = time.process_time()
         await asyncio.gather(*(conversation(c) for c in range(conversations)))
+        cpu = time.process_time() - cpu
     finally:
         await router.aclose()
-    return {"wall": wall, "overhead": overhead, "undecided": undecided, "stats": router.stats()}
+    cpu_us = cpu / max(len(wall) + undecided, 1) * 1e6
+    return {"wall": wall, "overhead": overhead, "undecided": undecided, "stats": router.stats(), "cpu_us": cpu_us}
 
 
 async def _bench(conversations: int, turns: int, student_ms: float, teacher_ms: float, low: float) -> dict[str, Any]:
-    async with stub_process("--latency-ms", str(student_ms)) as student:
-        await _raw(student, 10, 2)  # warm the stub and the connection path
-        raw = await _raw(student, conversations, turns)
-        router = Router([Tier(SGLangBackend(SGLangConfig(url=student)), threshold=0.8, deadline_s=2.0)])
+    from intent.openai_backend import OpenAIBackend, OpenAIConfig
+    from intent.router import Router, Tier
+    from intent.sglang import SGLangBackend, SGLangConfig
+
+    async with stub_process("--latency-ms", str(student_ms)) as stub:
+        await _raw(stub.url, 10, 2)  # warm the stub and the connection path
+        stub_cpu = stub.cpu_s()
+        raw, raw_cpu_us = await _raw(stub.url, conversations, turns)
+        stub_cpu_ms = (stub.cpu_s() - stub_cpu) / max(len(raw), 1) * 1000
+        router = Router([Tier(SGLangBackend(SGLangConfig(url=stub.url)), threshold=0.8, deadline_s=2.0)])
         direct = await _through(router, conversations, turns, 5.0)
     cascade_turns = max(2, turns // 4)
     async with (
         stub_process("--latency-ms", str(student_ms), "--low-confidence-rate", str(low), "--seed", "1") as student,
         stub_process("--latency-ms", str(teacher_ms)) as teacher,
     ):
-        from intent.openai_backend import OpenAIBackend, OpenAIConfig
-
         router = Router(
             [
-                Tier(SGLangBackend(SGLangConfig(url=student)), threshold=0.8, deadline_s=1.0),
+                Tier(SGLangBackend(SGLangConfig(url=student.url)), threshold=0.8, deadline_s=1.0),
                 Tier(
-                    OpenAIBackend(OpenAIConfig(base_url=f"{teacher}/v1", model="teacher")),
+                    OpenAIBackend(OpenAIConfig(base_url=f"{teacher.url}/v1", model="teacher")),
                     threshold=0.0,
                     deadline_s=teacher_ms / 1000 * 3,
                 ),
@@ -183,6 +220,10 @@ async def _bench(conversations: int, turns: int, student_ms: float, teacher_ms: 
         "decision_ms": decision_ms,
         "router_overhead_ms": {**_ms(overhead), "max": round(max(overhead, default=0.0), 3)},
         "decision_p99_minus_raw_p99_ms": round(decision_ms["p99"] - raw_ms["p99"], 3),
+        "cpu_us_per_call": {"raw_http": round(raw_cpu_us, 1), "router": round(direct["cpu_us"], 1)},
+        "stub_cpu_ms_per_request": round(stub_cpu_ms, 3),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "undecided": direct["undecided"],
         "cascade": {
             "turns": conversations * cascade_turns,

@@ -20,6 +20,7 @@ from intent.contract import ChatMessage, TaskInfo
 from intent.errors import InvalidDecision
 from intent.prompt import render_chat, render_harmony
 from orchestrator.commands.common import fail, load_settings, print_json, run
+from orchestrator.commands.intent_calibrate import calibrate_cmd
 
 # The stand-in server (aiohttp.web) and the backends (openai) are imported inside the commands:
 # every other ``sraq`` command would otherwise pay ~1.5 s of imports at start-up.
@@ -46,6 +47,13 @@ def intent() -> None:
 )
 @click.option("--low-confidence-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of decisions with p~0.45.")
 @click.option("--chat-logprobs", type=click.Choice(["yes", "null", "reject"]), default="yes", show_default=True)
+@click.option(
+    "--brain",
+    type=click.Choice(["keywords", "embedded"]),
+    default="keywords",
+    show_default=True,
+    help="Who decides: deterministic keyword rules, or the embedded CPU tier.",
+)
 @click.option("--model-path", default="sraq/stub-gpt-oss", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 def stub_server(
@@ -58,6 +66,7 @@ def stub_server(
     malformed_rate: float,
     low_confidence_rate: float,
     chat_logprobs: str,
+    brain: str,
     model_path: str,
     seed: int,
 ) -> None:
@@ -82,6 +91,7 @@ def stub_server(
         malformed_rate=malformed_rate,
         low_confidence_rate=low_confidence_rate,
         chat_logprobs=chat_logprobs,  # type: ignore[arg-type]
+        brain=brain,  # type: ignore[arg-type]
         seed=seed,
     )
 
@@ -206,3 +216,6 @@ def decide(
         click.echo(f"{result['action']} {json.dumps(result['args'], ensure_ascii=False)}")
         click.echo(f"tier={result['tier']} confidence={result['confidence']} latency={result['latency_ms']} ms")
     sys.stdout.flush()
+
+
+intent.add_command(calibrate_cmd)

@@ -27,7 +27,7 @@ def test_demo_runs_every_conversation_to_its_expected_ledger(redis_url: str) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True and summary["problems"] == []
-    assert summary["conversations"] == 3 and summary["turns"] == 12
+    assert summary["conversations"] == 3 and summary["turns"] == 11
     assert set(summary["decisions"]) == {"reply", "start_task", "update_task", "cancel_task", "noop"}
     d = summary["decisions"]
     assert d["start_task"] >= 5 and d["update_task"] >= 1 and d["cancel_task"] >= 1 and d["reply"] >= 2

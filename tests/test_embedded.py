@@ -120,7 +120,7 @@ def test_train_save_load_round_trip(tmp_path: Path) -> None:
     from intent.training import train
 
     examples = load(TRAIN).examples[::5]  # 128 rows keep the test quick
-    model = train(examples, folds=2, c_grid=(10.0,), pair_c_grid=(1.0,))
+    model = train(examples, folds=2, c_grid=(10.0,), pair_l2_grid=(0.001,))
     path = tmp_path / "m.json"
     model.save(path)
     loaded = EmbeddedModel.load(path)
@@ -168,3 +168,40 @@ def test_ci_baseline_check_of_the_shipped_model(tmp_path: Path) -> None:
     (tmp_path / "strict.json").write_text(json.dumps(stricter))
     res = _eval(str(TEST), "--json", "--baseline", str(tmp_path / "strict.json"))
     assert res.returncode == 1 and "regression: noop F1" in res.stderr
+
+
+def test_eval_plots_or_says_why_not(tmp_path: Path) -> None:
+    from intent import plots
+
+    res = _eval(str(TEST), "--limit", "40", "--json", "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    written = json.loads(res.stdout)["plots"]
+    if plots.available():
+        names = sorted(Path(p).name for p in written)
+        assert names == ["confusion.png", "latency_cdf.png", "reliability.png"]
+        assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    else:
+        assert written == [] and "--plot skipped: matplotlib is not installed" in res.stderr
+
+
+def test_eval_compare_and_saved_predictions(tmp_path: Path) -> None:
+    preds = tmp_path / "preds.jsonl"
+    res = _eval(str(TEST), "--limit", "30", "--json", "--save-predictions", str(preds))
+    assert res.returncode == 0, res.stderr
+    assert len(preds.read_text().splitlines()) == 30
+    # comparing a run with its own predictions: full agreement, zero deltas
+    res = _eval(str(TEST), "--limit", "30", "--json", "--compare", str(preds))
+    cmp = json.loads(res.stdout)["compare"]
+    assert cmp["rows"] == 30 and cmp["agreement"] == 1.0
+    assert set(cmp["per_action_f1_delta"].values()) == {0.0}
+    # the gold file itself as "another run": agreement equals this run's decision accuracy
+    res = _eval(str(TEST), "--limit", "30", "--json", "--compare", str(TEST))
+    rep = json.loads(res.stdout)
+    assert rep["compare"]["agreement"] == rep["decision_accuracy"]
+
+
+def test_eval_other_backends_come_from_the_factory() -> None:
+    res = _eval(str(TEST), "--backend", "sglang", "--limit", "1", "--json")
+    assert res.returncode in (0, 2)
+    if res.returncode == 2:
+        assert res.stderr.startswith("sraq: cannot build backend 'sglang'") and len(res.stderr.splitlines()) == 1

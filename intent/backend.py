@@ -60,6 +60,10 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int | None = None
     confidence_source: str = "model"  # "model" | "calibrated" | "constant" (server gave no logprobs)
     path: tuple[TierAttempt, ...] = ()
+    server_latency_ms: float | None = None  # the server's own e2e latency (SGLang meta_info.e2e_latency)
+    early_ms: float | None = None  # streaming: when action and task id were fixed (explanation may follow)
+    transport_ms: float | None = None  # time inside the HTTP exchange (the rest of latency_ms is our overhead)
+    action_probs: dict[str, float] | None = None  # uncalibrated, renormalised over the allowed actions
 
 
 class BackendError(Exception):

@@ -6,7 +6,17 @@ import sys
 
 import click
 
-from orchestrator.commands import bench, dataset, inspect, intent_cli, intent_train_eval, orchestrate, publish, workers
+from orchestrator.commands import (
+    bench,
+    dataset,
+    demo,
+    inspect,
+    intent_cli,
+    intent_train_eval,
+    orchestrate,
+    publish,
+    workers,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -30,6 +40,7 @@ cli.add_command(inspect.audit_cmd)
 cli.add_command(inspect.tail_cmd)
 cli.add_command(workers.workers)
 cli.add_command(workers.dispatcher)
+cli.add_command(demo.demo)
 
 
 def main() -> None:

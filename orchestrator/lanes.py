@@ -129,7 +129,9 @@ class Lanes(Generic[T]):
     async def drain(self, grace: float | None) -> bool:
         """Wait until every lane finished; False when ``grace`` seconds passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races completion
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

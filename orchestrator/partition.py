@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -55,6 +55,19 @@ local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 if acked == 0 and ARGV[4] ~= 'trimmed' then return 0 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', {DEAD_MAXLEN}, '*', 'reason_kind', ARGV[4], unpack(ARGV, 5))
 return 1
+"""
+
+
+# Reads are fenced too: a stale owner (paused past its lease) must not move entries into its own
+# pending list, or the new owner would read newer entries first and break per-conversation order.
+# KEYS: 1 lease, 2 turns. ARGV: 1 token, 2 group, 3 consumer, 4 count, 5 mode (read|claim), 6 claim start.
+READ, CLAIM = "read", "claim"
+_FENCED_READ = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lease'} end
+if ARGV[5] == 'read' then
+  return {'ok', redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '>')}
+end
+return {'ok', redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])}
 """
 
 
@@ -111,6 +124,7 @@ class PartitionWorker:
         self._on_failure = on_failure
         self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._read_script = redis.register_script(_FENCED_READ)
         self._stop = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.lost = False  # set when the lease is gone: no further commit may be attempted
@@ -174,12 +188,13 @@ class PartitionWorker:
                 if room == 0:
                     continue
                 try:
-                    reply = await self.redis.xreadgroup(
-                        GROUP, self.consumer, {self.pk.turns: ">"}, count=min(room, self.read_batch),
-                        block=self.read_block_ms,
-                    )  # fmt: skip
+                    reply = await self._fenced(READ, min(room, self.read_batch))
+                    entries = reply[0][1] if reply else []
+                    if not entries:
+                        await self._wait_for_entries()
                 except TRANSIENT as exc:
                     failures += 1
+                    self.metrics.redis_errors.inc()
                     self.log.warning("read_failed", error=str(exc), retry=failures)
                     await self._sleep(backoff(failures))
                     continue
@@ -189,9 +204,8 @@ class PartitionWorker:
                     await self._ensure_group()
                     continue
                 failures = 0
-                for _stream, entries in reply or ():
-                    for entry_id, fields in entries:
-                        await self._accept(entry_id.decode(), fields, 1)
+                for entry_id, fields in entries:
+                    await self._accept(_text(entry_id), _fields(fields), 1)
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -199,6 +213,22 @@ class PartitionWorker:
         except BaseException as exc:
             self.log.error("reader_failed", error=repr(exc), exc_info=exc)
             self._on_failure(self, exc)
+
+    async def _fenced(self, mode: str, count: int, start: str = "0-0") -> Any:
+        """XREADGROUP ``>`` or XAUTOCLAIM, only while our lease holds (raises LeaseLost otherwise)."""
+        reply = await self._read_script(
+            keys=[self.pk.lease, self.pk.turns], args=[self.lease.token, GROUP, self.consumer, count, mode, start]
+        )
+        if _text(reply[0]) == "lease":
+            raise LeaseLost(self.partition)
+        return reply[1] if len(reply) > 1 else None
+
+    async def _wait_for_entries(self) -> None:
+        """Nothing new to read: block on a plain XREAD past the stream's tail (no delivery, no side
+        effect) until an entry arrives or ``read_block_ms`` passes."""
+        tail = await self.redis.xrevrange(self.pk.turns, count=1)
+        after = _text(tail[0][0]) if tail else "0-0"
+        await self.redis.xread({self.pk.turns: after}, count=1, block=self.read_block_ms)
 
     async def _ensure_group(self) -> None:
         for attempt in range(1, 1_000_000):
@@ -223,24 +253,22 @@ class PartitionWorker:
         while not self.stopping:
             await self._wait_room()
             try:
-                reply = await self.redis.xautoclaim(
-                    self.pk.turns, GROUP, self.consumer, min_idle_time=0, start_id=start, count=self.read_batch
-                )
-                entries = [(eid, fields) for eid, fields in reply[1]]
-                deleted = [d.decode() if isinstance(d, bytes) else str(d) for d in (reply[2] if len(reply) > 2 else [])]
-                counts = await self._delivery_counts([e[0].decode() for e in entries if e[1] is not None])
+                reply = await self._fenced(CLAIM, self.read_batch, start)
+                entries = [(_text(eid), _fields(fields)) for eid, fields in reply[1]]
+                deleted = [_text(d) for d in (reply[2] if len(reply) > 2 else [])]
+                counts = await self._delivery_counts([eid for eid, fields in entries if fields is not None])
             except TRANSIENT as exc:
                 attempt += 1
+                self.metrics.redis_errors.inc()
                 self.log.warning("recover_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
                 continue
             for entry_id in deleted:
                 await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, 0)
-            for raw_id, fields in entries:
-                entry_id = raw_id.decode()
+            for entry_id, fields in entries:
                 await self._accept(entry_id, fields, counts.get(entry_id, 1))
             claimed_total += len(entries) + len(deleted)
-            next_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            next_id = _text(reply[0])
             if next_id == "0-0":
                 break
             start = next_id
@@ -283,6 +311,7 @@ class PartitionWorker:
                 result = await self._dead_letter(keys=[self.pk.lease, self.pk.turns, self.pk.dead], args=args)
                 break
             except TRANSIENT as exc:
+                self.metrics.redis_errors.inc()
                 self.log.warning("dead_letter_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
         if int(result) == -1:
@@ -306,7 +335,8 @@ class PartitionWorker:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     # ------------------------------------------------------------------ processing
 
@@ -325,6 +355,7 @@ class PartitionWorker:
                 # the turn is fine, Redis is not: retry until it is back (or the lease lapses and the
                 # runtime aborts this partition; the entry then stays pending for the next owner)
                 transient += 1
+                self.metrics.redis_errors.inc()
                 self.log.warning("turn_retry", turn_id=entry.turn.turn_id, error=str(exc), retry=transient)
                 await asyncio.sleep(backoff(transient))
             except Exception as exc:
@@ -341,5 +372,14 @@ def _turn_fields(turn: Turn) -> dict[bytes, bytes]:
     return {k.encode(): v for k, v in encode_turn(turn).items()}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(flat: list[bytes] | dict[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+    """Stream entry fields from a script reply (a flat list); None/false for an entry trimmed while pending."""
+    if not flat:
+        return None
+    if isinstance(flat, dict):
+        return flat
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -32,6 +32,8 @@ from orchestrator.metrics import Metrics, MetricsServer
 from orchestrator.partition import GROUP, TRANSIENT, PartitionWorker
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnProcessor, TurnRecord
+from workers.dispatcher import Dispatcher
+from workers.queue import create_pool
 
 log = structlog.get_logger("sraq.orchestrator")
 
@@ -86,9 +88,12 @@ class Orchestrator:
         self._shutdown: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._control_done = False
         self._stopped = asyncio.Event()
         self._last_tick = 0.0
         self._grace = settings.grace_s
+        #: the outbox relay of the owned partitions (``SRAQ_RELAY_OUTBOX``; workers/dispatcher.py)
+        self.dispatcher: Dispatcher | None = None
         self.log = log.bind(instance=self.instance_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,6 +126,12 @@ class Orchestrator:
             if s.metrics_port:
                 self._server = MetricsServer(self.metrics, self.health, s.metrics_host, s.metrics_port)
                 self.metrics_port = await self._server.start()
+            if s.relay_outbox:
+                pool = create_pool(s.redis_url, self.keys, client_name=f"sraq-relay:{self.instance_id}")
+                self.dispatcher = Dispatcher(
+                    pool, self.keys, consumer=self.instance_id, partitions=(), claim_idle_ms=s.dispatcher_claim_idle_ms
+                )
+                await self.dispatcher.start()
             self.state = State.RUNNING
             await self._tick()
         except BaseException:
@@ -197,20 +208,31 @@ class Orchestrator:
             self.log.warning("grace_expired_cancelling", partitions=[w.partition for w in leftover])
             await self._abort_all(leftover)
         if self._control is not None:
-            self._control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._control
+            # a flag, not cancel(): the loop must not be interrupted halfway through a renewal
+            self._control_done = True
+            self._wake.set()
+            await self._control
         for task in list(self._background):
             if not task.get_name().endswith("signal-stop"):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(task, CANCEL_DEADLINE_S)
+                    async with asyncio.timeout(CANCEL_DEADLINE_S):
+                        await task
         await self._release_all()
         await self._close()
         self.log.info("orchestrator_stopped")
 
+    async def _stop_relay(self) -> None:
+        if self.dispatcher is not None:
+            relay, self.dispatcher = self.dispatcher, None
+            try:
+                await relay.stop()
+            finally:
+                await relay.pool.aclose()
+
     async def _abort_all(self, workers: list[PartitionWorker]) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(w.abort() for w in workers)), CANCEL_DEADLINE_S)
+            async with asyncio.timeout(CANCEL_DEADLINE_S):
+                await asyncio.gather(*(w.abort() for w in workers))
 
     async def _release_all(self) -> None:
         leases = [w.lease for w in self.partitions.values()]
@@ -222,6 +244,7 @@ class Orchestrator:
             await self.membership.leave()
 
     async def _close(self) -> None:
+        await self._stop_relay()
         if self._server is not None:
             await self._server.stop()
         if self._own_redis and self._redis is not None:
@@ -234,9 +257,12 @@ class Orchestrator:
     async def _control_loop(self) -> None:
         interval = self.settings.lease_ms / 3000
         failures = 0
-        while self.state in (State.RUNNING, State.STOPPING):
+        while not self._control_done:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            if self._control_done:
+                return
             self._wake.clear()
             try:
                 await self._tick()
@@ -272,6 +298,8 @@ class Orchestrator:
                 if got is not None and self.state is State.RUNNING:
                     self._start_partition(got)
         self.metrics.owned.set(len(self.partitions))
+        if self.dispatcher is not None:
+            await self.dispatcher.set_partitions(p for p, w in self.partitions.items() if not w.lost)
         await self._observe_lag()
 
     def _start_partition(self, lease: Lease) -> None:
@@ -354,6 +382,8 @@ class Orchestrator:
     def health(self) -> tuple[bool, dict[str, object]]:
         age = time.monotonic() - self._last_tick if self._last_tick else None
         ok = self.state is State.RUNNING and age is not None and age * 1000 < self.settings.lease_ms
+        relay_failed = self.dispatcher is not None and self.dispatcher.failed.is_set()
+        ok = ok and not relay_failed
         return ok, {
             "ok": ok,
             "instance": self.instance_id,
@@ -361,4 +391,5 @@ class Orchestrator:
             "partitions": sorted(self.partitions),
             "in_flight": self.capacity.used,
             "last_tick_ms_ago": None if age is None else round(age * 1000, 1),
+            "relay": None if self.dispatcher is None else sorted(self.dispatcher.partitions),
         }

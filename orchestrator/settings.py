@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +27,24 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL for the teacher tier")
     openai_model: str | None = Field(None, description="Teacher model name")
     openai_api_key: SecretStr | None = Field(None, description="Teacher API key (never logged)")
+    sglang_model: str | None = Field(None, description="Model served by the SGLang student (informational)")
+    sglang_threshold: float = Field(0.8, ge=0, le=1, description="Student: accept at or above this confidence")
+    sglang_deadline_ms: int = Field(300, ge=1, description="Student: deadline of one decision")
+    sglang_hedge_ms: int | None = Field(None, ge=1, description="Student: start the next tier in parallel after")
+    sglang_format: Literal["json", "call"] = Field(
+        "json", description="Student output: json (json_schema) or call (ebnf)"
+    )
+    sglang_stream: bool = Field(False, description="Student: stream /generate and record the early decision")
+    sglang_max_new_tokens: int = Field(160, ge=8, description="Student: max_new_tokens of a decision")
+    sglang_lora_path: str | None = Field(None, description="Student: LoRA adapter name passed as lora_path")
+    sglang_calibration: str | None = Field(None, description="Student: calibration JSON (sraq intent calibrate)")
+    openai_threshold: float = Field(0.0, ge=0, le=1, description="Teacher: accept at or above this confidence")
+    openai_deadline_ms: int = Field(15000, ge=1, description="Teacher: deadline of one decision")
+    openai_reasoning_effort: str | None = Field("low", description="Teacher: reasoning_effort (gpt-oss refuses none)")
+    openai_logprobs: bool = Field(True, description="Teacher: ask for logprobs (confidence 1 when absent)")
+    openai_calibration: str | None = Field(None, description="Teacher: calibration JSON")
+    embedded_threshold: float = Field(0.9, ge=0, le=1, description="Embedded tier: accept at or above this confidence")
+    embedded_deadline_ms: int = Field(50, ge=1, description="Embedded tier: deadline of one decision")
 
     # workers and the outbox relay (issue 4; docs/workers.md)
     worker_handler: str = Field("demo", description="Task handler run by `sraq workers`: a name or module:function")
@@ -44,6 +64,9 @@ class Settings(BaseSettings):
     task_retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per retry (max 30 s)")
     task_keep_result_s: float = Field(
         86_400.0, ge=0, description="How long arq keeps a job result (blocks re-enqueue of the same job id)"
+    )
+    relay_outbox: bool = Field(
+        True, description="The orchestrator relays the outbox of its partitions to arq (else run sraq dispatcher)"
     )
     dispatcher_claim_idle_ms: int = Field(
         5000, ge=100, description="Outbox entries held this long by a dead relay are claimed by a live one"

@@ -208,6 +208,11 @@ class TurnProcessor:
             detail = f"ledger kept changing after {self.conflict_retries} re-decisions"
             plan = self._failed(turn, event_op, "conflict", detail, [])
             result = await commit.fallback(plan)
+        log.debug(
+            "turn_committed", conversation_id=conv, turn_id=turn.turn_id, entry_id=entry.entry_id,
+            partition=lease.partition, token=lease.token, action=plan.meta.action, tier=plan.meta.tier,
+            version=result.version, duplicate=result.duplicate, deliveries=entry.deliveries,
+        )  # fmt: skip
         overhead_ms = max(0.0, (time.perf_counter() - entry.read_at - model_s) * 1000)
         self.metrics.overhead.observe(overhead_ms / 1000)
         self.metrics.turns.labels(plan.meta.action, "duplicate" if result.duplicate else "committed").inc()
@@ -258,7 +263,8 @@ class TurnProcessor:
         started = time.perf_counter()
         try:
             # the deadline is also enforced here: a tier that ignores it cannot stall the lane
-            decision = await asyncio.wait_for(self.backend.decide(request), self.decision_timeout + 0.05)
+            async with asyncio.timeout(self.decision_timeout + 0.05):
+                decision = await self.backend.decide(request)
             intent = validate_intent(decision.intent, [t.id for t in tasks if t.status in ("pending", "running")])
             ops = intent_ops(intent)
         except Exception as exc:

@@ -96,8 +96,8 @@ class Dispatcher:
         self.ledger = Ledger(pool, keys)
         self.stats: Counter[str] = Counter()
         self._wanted = set(range(keys.partitions) if partitions is None else partitions)
-        self._loops: dict[int, asyncio.Task[None]] = {}
-        self._stopping: dict[int, asyncio.Event] = {}
+        self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._record = pool.register_script(_RECORD_LUA)
         self._started = False
         #: set when a relay loop died of an unexpected error (``error`` says which); hosts should stop
@@ -114,20 +114,23 @@ class Dispatcher:
         await self.set_partitions(self._wanted)
 
     async def set_partitions(self, partitions: Iterable[int]) -> None:
-        """Relay exactly these partitions from now on (the orchestrator calls this when leases change)."""
+        """Relay exactly these partitions from now on (the orchestrator calls this when leases change).
+
+        Returns promptly: a dropped partition's loop finishes its current entry in the background.
+        """
         self._wanted = set(partitions)
         if not self._started:
             return
         for p in sorted(set(self._loops) - self._wanted):
-            await self._stop_loop(p)
+            self._retire(p)
         for p in sorted(self._wanted - set(self._loops)):
             outbox = self.keys.partition(p).outbox
             with contextlib.suppress(ResponseError):  # BUSYGROUP: exists already
                 await self.pool.xgroup_create(outbox, GROUP, id="0", mkstream=True)
-            self._stopping[p] = asyncio.Event()
-            task = asyncio.create_task(self._run(p), name=f"dispatcher-p{p}")
+            stopping = asyncio.Event()
+            task = asyncio.create_task(self._run(p, stopping), name=f"dispatcher-p{p}")
             task.add_done_callback(self._loop_done)
-            self._loops[p] = task
+            self._loops[p] = (task, stopping)
 
     def _loop_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -137,16 +140,20 @@ class Dispatcher:
         self.failed.set()
 
     async def stop(self) -> None:
-        """Stop reading, let the entry in hand finish (``grace_s``), then cancel. Idempotent."""
+        """Stop reading, let the entries in hand finish (``grace_s``), then cancel. Idempotent."""
         self._started = False
-        await asyncio.gather(*(self._stop_loop(p) for p in list(self._loops)))
+        for p in list(self._loops):
+            self._retire(p)
+        await asyncio.gather(*list(self._retiring))
 
-    async def _stop_loop(self, p: int) -> None:
-        task = self._loops.pop(p, None)
-        stopping = self._stopping.pop(p, None)
-        if task is None or stopping is None:
-            return
+    def _retire(self, p: int) -> None:
+        task, stopping = self._loops.pop(p)
         stopping.set()
+        finisher = asyncio.create_task(self._finish(task), name=f"dispatcher-retire-p{p}")
+        self._retiring.add(finisher)
+        finisher.add_done_callback(self._retiring.discard)
+
+    async def _finish(self, task: asyncio.Task[None]) -> None:
         done, _ = await asyncio.wait({task}, timeout=self.grace_s)
         if not done:
             task.cancel()
@@ -155,9 +162,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ loop
 
-    async def _run(self, p: int) -> None:
+    async def _run(self, p: int, stopping: asyncio.Event) -> None:
         outbox = self.keys.partition(p).outbox
-        stopping = self._stopping[p]
         backoff = 0.05
         last_id = "0"  # first our own pending entries (a restart with the same consumer name) ...
         claim_due = 0.0
@@ -245,6 +251,10 @@ class Dispatcher:
 
     async def _update(self, entry: OutboxEntry) -> None:
         tk = self.keys.task(entry.conversation_id, entry.task_id)
+        # Look at the job *before* delivering: a running handler may read the update and finish at once,
+        # and a job that finished that way must not count as "not running" (no spurious re-dispatch).
+        jid = await self._current_job(entry)
+        active = jid is not None and await job_state(self.pool, self.keys, jid) in ACTIVE_STATES
         fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
         try:
             await self.pool.xadd(tk.updates, fields, id=entry.entry_id)  # type: ignore[arg-type]
@@ -257,12 +267,11 @@ class Dispatcher:
             else:  # a later entry got there first (claimed out of order): deliver it anyway
                 await self.pool.xadd(tk.updates, fields)  # type: ignore[arg-type]
                 self.stats["updates"] += 1
+        if active:
+            return  # the job reads it (now, or when the queued job starts)
         task = await self.ledger.task(entry.conversation_id, entry.task_id)
         if task is None or not task.is_open:
             return
-        jid = await self._current_job(entry)
-        if jid is not None and await job_state(self.pool, self.keys, jid) in ACTIVE_STATES:
-            return  # the handler reads the update (now, or when the queued job starts)
         run: int = await self.pool.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
         self.stats["redispatched"] += 1
         log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)

@@ -8,7 +8,10 @@ import uuid
 import click
 
 from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp
-from orchestrator.commands.common import connect, load_settings, percentile, print_json, run
+from orchestrator.commands.bench_router import bench_router
+from orchestrator.commands.common import connect, fail, load_settings, percentile, print_json, run
+from orchestrator.handoff import bench_handoff as measure
+from orchestrator.logsetup import configure_logging
 from orchestrator.settings import Settings
 
 
@@ -66,3 +69,36 @@ def bench_apply(count: int, conversations: int, redis_url: str | None, as_json: 
     else:
         ms: dict[str, float] = result["apply_ms"]  # type: ignore[assignment]
         click.echo(f"{count} applies: p50 {ms['p50']} ms, p99 {ms['p99']} ms, {result['applies_per_s']} applies/s")
+
+
+@bench.command("handoff")
+@click.option("-n", "--iterations", default=100, show_default=True, help="Tasks started and cancelled (sequential).")
+@click.option("--workers", "n_workers", default=4, show_default=True, help="Worker processes to start.")
+@click.option("--poll-delay", type=float, default=None, help="Worker poll delay in s (SRAQ_WORKER_POLL_DELAY_S).")
+@click.option("--redis-url", default=None, help="Overrides SRAQ_REDIS_URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_handoff(
+    iterations: int, n_workers: int, poll_delay: float | None, redis_url: str | None, as_json: bool
+) -> None:
+    """Publish a start_task turn -> handler starts; cancel -> handler stops (real workers, no model time).
+
+    Example: sraq bench handoff --json
+    """
+    if iterations < 1 or n_workers < 1:
+        fail("--iterations and --workers must be >= 1", 2)
+    settings = load_settings(redis_url=redis_url)
+    configure_logging(settings.log_format, "warning")
+    delay = poll_delay if poll_delay is not None else settings.worker_poll_delay_s
+    result = run(measure(settings, iterations=iterations, workers=n_workers, poll_delay_s=delay), settings)
+    if as_json:
+        print_json(result)
+    else:
+        h: dict[str, float] = result["handoff_ms"]  # type: ignore[assignment]
+        c: dict[str, float] = result["cancel_ms"]  # type: ignore[assignment]
+        click.echo(
+            f"{iterations} tasks, {n_workers} workers, poll {delay * 1000:g} ms: handoff p50 {h['p50']} ms "
+            f"p99 {h['p99']} ms; cancel p50 {c['p50']} ms p99 {c['p99']} ms"
+        )
+
+
+bench.add_command(bench_router)

@@ -14,6 +14,7 @@ import click
 import structlog
 
 from orchestrator.commands.common import fail, load_settings, run
+from orchestrator.logsetup import configure_logging
 from orchestrator.settings import Settings
 from workers.config import WorkerConfig
 from workers.dispatcher import Dispatcher
@@ -56,13 +57,17 @@ def worker_config(settings: Settings, **overrides: Any) -> WorkerConfig:
         fail(f"bad configuration: {exc}", 2)
 
 
-def setup_logging(level: str) -> None:
-    """arq logs through stdlib logging, ours through structlog; both go to stderr."""
-    lvl = getattr(logging, level.upper())
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+def setup_logging(settings: Settings, level: str | None) -> None:
+    """Ours through structlog (orchestrator/logsetup.py), arq's through stdlib logging; both on stderr."""
+    lvl = (level or settings.log_level).lower()
+    try:
+        configure_logging(settings.log_format, lvl)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    logging.basicConfig(
+        level=logging.getLevelName(lvl.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
 
 
@@ -91,7 +96,7 @@ def parse_partitions(spec: str | None, total: int) -> list[int] | None:
 @click.option("--check", is_flag=True, help="Print the pool's health record; exit 1 if no live worker wrote one.")
 @click.option("--list-handlers", is_flag=True, help="Print the registered handler names and exit.")
 @click.option("--redis-url", default=None, help="Overrides SRAQ_REDIS_URL.")
-@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@click.option("--log-level", type=LOG_LEVELS, default=None, help="Overrides SRAQ_LOG_LEVEL.")
 def workers(
     max_jobs: int | None,
     handler: str | None,
@@ -100,7 +105,7 @@ def workers(
     check: bool,
     list_handlers: bool,
     redis_url: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Run an arq worker process for sraq tasks (several may run against one Redis).
 
@@ -118,7 +123,7 @@ def workers(
         fail(str(exc), 2)
     if check:
         sys.exit(run(_check(config), settings))
-    setup_logging(log_level)
+    setup_logging(settings, log_level)
     run(serve(config, registry, burst=burst), settings)
 
 
@@ -137,8 +142,8 @@ async def _check(config: WorkerConfig) -> int:
 @click.option("--partitions", default=None, help="Partitions to relay, e.g. 0-7 (default: all).")
 @click.option("--consumer", default=None, help="Consumer name in the outbox group (default: host:pid).")
 @click.option("--redis-url", default=None, help="Overrides SRAQ_REDIS_URL.")
-@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
-def dispatcher(partitions: str | None, consumer: str | None, redis_url: str | None, log_level: str) -> None:
+@click.option("--log-level", type=LOG_LEVELS, default=None, help="Overrides SRAQ_LOG_LEVEL.")
+def dispatcher(partitions: str | None, consumer: str | None, redis_url: str | None, log_level: str | None) -> None:
     """Relay ledger outbox entries to the arq queue (start, update, cancel) until SIGTERM.
 
     The orchestrator relays the partitions it owns itself; run this when it does not, or as a spare
@@ -146,7 +151,7 @@ def dispatcher(partitions: str | None, consumer: str | None, redis_url: str | No
     """
     settings = load_settings(redis_url=redis_url)
     config = worker_config(settings)
-    setup_logging(log_level)
+    setup_logging(settings, log_level)
     sys.exit(run(_relay(config, parse_partitions(partitions, config.partitions), consumer), settings))
 
 

@@ -1,0 +1,161 @@
+"""Real orchestrator processes: SIGKILL under load, two instances (rebalance, pause, kill), SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from ledger import Keys, Ledger
+from ledger.turns import Publisher, make_turn
+from tests.orch_support import Instance, applied_total, assert_exactly_once, pending_total, wait_until
+
+LEASE_S = 1.5
+
+
+def _keys(prefix: str) -> Keys:
+    return Keys(prefix=prefix, partitions=16)
+
+
+async def _publish_paced(publisher: Publisher, expected: dict[str, list[str]], batches: int, pause: float) -> None:
+    """Publish every conversation's turns in order, spread over ``batches`` pipelined rounds."""
+    per = len(next(iter(expected.values()))) // batches
+    for b in range(batches):
+        rows = [(c, t) for c, ids in expected.items() for t in ids[b * per : (b + 1) * per]]
+        turns = [make_turn(c, f"say {t}", turn_id=t) for c, t in rows]
+        await publisher.publish_many(turns)
+        await asyncio.sleep(pause)
+
+
+async def _wait_partitions(inst: Instance, n: int, within: float) -> float:
+    started = time.monotonic()
+
+    async def owns() -> bool:
+        return len(await asyncio.to_thread(inst.partitions)) == n
+
+    await wait_until(owns, within, f"{inst.name} to own {n} partitions", every=0.1)
+    return time.monotonic() - started
+
+
+async def test_sigkill_under_load_then_restart_is_exactly_once(redis_url: str, prefix: str, redis: Redis,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    keys = _keys(prefix)
+    rng = random.Random(7)
+    convs = [f"crash-{c}" for c in range(100)]
+    expected = {c: [f"{c}-{i}" for i in range(20)] for c in convs}
+    publishing = asyncio.create_task(_publish_paced(Publisher(redis, keys), expected, 10, 0.25))
+    env = {"SRAQ_SCRIPTED_LATENCY_MS": "3"}
+    instances = []
+    try:
+        for k in range(3):  # three crashes at random points of the load
+            inst = Instance(redis_url, prefix, tmp_path, f"crash{k}", **env).start()
+            instances.append(inst)
+            await _wait_partitions(inst, 16, 15)
+            await asyncio.sleep(rng.uniform(0.2, 0.6))
+            inst.signal(signal.SIGKILL)
+            inst.wait()
+        await publishing
+        final = Instance(redis_url, prefix, tmp_path, "final", **env).start()
+        instances.append(final)
+        await wait_until(lambda: _all(redis, keys, convs, 20), 60, "all turns after the crashes", every=0.2)
+        final.signal(signal.SIGTERM)
+        assert final.wait() == 0
+    finally:
+        publishing.cancel()
+        for inst in instances:
+            inst.kill()
+    await assert_exactly_once(Ledger(redis, keys), expected)
+    assert await pending_total(redis, keys) == 0
+    # the crashes really left work behind: some later instance claimed a dead one's pending entries
+    logs = "".join(i.log_text() for i in instances[1:])
+    assert "recovered_pending" in logs
+
+
+async def _all(redis: Redis, keys: Keys, convs: list[str], n: int) -> bool:
+    return await applied_total(redis, keys, convs) == n * len(convs)
+
+
+async def test_two_instances_rebalance_pause_and_kill(redis_url: str, prefix: str, redis: Redis,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    keys = _keys(prefix)
+    env = {"SRAQ_SCRIPTED_LATENCY_MS": "2"}
+    a = Instance(redis_url, prefix, tmp_path, "inst-a", **env).start()
+    b = Instance(redis_url, prefix, tmp_path, "inst-b", **env).start()
+    convs = [f"two-{c}" for c in range(60)]
+    expected = {c: [f"{c}-{i}" for i in range(30)] for c in convs}
+    publishing: asyncio.Task[None] | None = None
+    try:
+        await _wait_partitions(a, 8, 15)
+        await _wait_partitions(b, 8, 15)
+        assert sorted(a.partitions() + b.partitions()) == list(range(16))
+        publishing = asyncio.create_task(_publish_paced(Publisher(redis, keys), expected, 15, 0.3))
+        await asyncio.sleep(0.5)
+        # a paused owner (GC pause, VM freeze): the survivor takes everything within the lease time
+        b.signal(signal.SIGSTOP)
+        took = await _wait_partitions(a, 16, 10)
+        assert took < LEASE_S + 3.0, took
+        b.signal(signal.SIGCONT)  # it wakes up holding stale tokens: its renewals/commits are refused
+        await wait_until(_log_has(b, "partition_aborted"), 10, "the stale owner to notice")
+        await _wait_partitions(b, 8, 15)  # then it rejoins and gets its share back
+        await _wait_partitions(a, 8, 15)
+        b.signal(signal.SIGKILL)
+        b.wait()
+        took = await _wait_partitions(a, 16, 10)
+        assert took < LEASE_S + 3.0, took
+        await publishing
+        await wait_until(lambda: _all(redis, keys, convs, 30), 60, "every turn", every=0.2)
+        a.signal(signal.SIGTERM)
+        assert a.wait() == 0
+    finally:
+        if publishing is not None:
+            publishing.cancel()
+        a.kill()
+        b.kill()
+    await assert_exactly_once(Ledger(redis, keys), expected)
+    assert await pending_total(redis, keys) == 0
+
+
+def _log_has(inst: Instance, text: str):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return text in inst.log_text()
+
+    return check
+
+
+async def test_sigterm_drains_and_leaves_nothing_pending(redis_url: str, prefix: str, redis: Redis,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    keys = _keys(prefix)
+    convs = [f"term-{c}" for c in range(50)]
+    expected = {c: [f"{c}-{i}" for i in range(40)] for c in convs}
+    await Publisher(redis, keys).publish_many(
+        [make_turn(c, "hi", turn_id=t) for c, ids in expected.items() for t in ids]
+    )
+    first = Instance(redis_url, prefix, tmp_path, "term1", SRAQ_SCRIPTED_LATENCY_MS="5").start()
+    second: Instance | None = None
+    try:
+        await wait_until(lambda: _some(redis, keys, convs, 100), 30, "some progress", every=0.05)
+        first.signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        done = await applied_total(redis, keys, convs)
+        assert 100 <= done < 2000, done  # stopped mid-way ...
+        assert await pending_total(redis, keys) == 0  # ... with nothing read and left unacknowledged
+        assert await redis.zcard(keys.instances) == 0  # left the live set
+        assert all([not await redis.exists(pk.lease) for pk in keys.all_partitions()])  # leases released
+        second = Instance(redis_url, prefix, tmp_path, "term2").start()
+        await wait_until(lambda: _all(redis, keys, convs, 40), 60, "the rest", every=0.2)
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    await assert_exactly_once(Ledger(redis, keys), expected)
+    assert "orchestrator_stopped" in first.log_text()
+
+
+async def _some(redis: Redis, keys: Keys, convs: list[str], n: int) -> bool:
+    return await applied_total(redis, keys, convs) >= n

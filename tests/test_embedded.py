@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -143,14 +144,14 @@ def test_bad_artefacts_are_refused(tmp_path: Path) -> None:
         EmbeddedModel.load(tmp_path / "missing.json")
 
 
-def _eval(*args: str) -> subprocess.CompletedProcess[str]:
+def _eval(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "intent", "eval", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -200,8 +201,31 @@ def test_eval_compare_and_saved_predictions(tmp_path: Path) -> None:
     assert rep["compare"]["agreement"] == rep["decision_accuracy"]
 
 
-def test_eval_other_backends_come_from_the_factory() -> None:
-    res = _eval(str(TEST), "--backend", "sglang", "--limit", "1", "--json")
-    assert res.returncode in (0, 2)
-    if res.returncode == 2:
-        assert res.stderr.startswith("sraq: cannot build backend 'sglang'") and len(res.stderr.splitlines()) == 1
+def test_eval_cascade_and_sglang_against_the_stand_in_server() -> None:
+    """Other tiers come from the router's factory; the stand-in is keyword rules, not a model."""
+    from tests.test_intent_cli import free_port, wait_healthy
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "orchestrator", "intent", "stub-server", "--port", str(port), "--latency-ms", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(url, proc)
+        env = {"SRAQ_INTENT_TIERS": "embedded,sglang", "SRAQ_SGLANG_URL": url}
+        res = _eval(str(TEST), "--backend", "cascade", "--limit", "40", "--json", env=env)
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["rows"] == 40 and rep["valid_rate"] == 1.0
+        assert 0.0 <= rep["escalation_rate"] <= 1.0
+        assert "embedded" in rep["latency_by_tier"]
+        if rep["escalation_rate"] > 0:
+            assert "sglang" in rep["latency_by_tier"]
+        res = _eval(str(TEST), "--backend", "sglang", "--limit", "10", "--json", env={"SRAQ_SGLANG_URL": url})
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["escalation_rate"] is None and set(rep["latency_by_tier"]) == {"sglang"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    res = _eval(str(TEST), "--backend", "cascade", "--limit", "1", env={"SRAQ_INTENT_TIERS": "embedded,nope"})
+    assert res.returncode == 2 and res.stderr.startswith("sraq: cannot build backend 'cascade'")

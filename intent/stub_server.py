@@ -417,13 +417,17 @@ async def _stream_error(request: web.Request, message: str) -> web.StreamRespons
 
 @contextlib.asynccontextmanager
 async def running(
-    config: StubConfig | None = None, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 0.25
+    config: StubConfig | StubServer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 0.25,
 ) -> AsyncIterator[str]:
     """Serve a stand-in server in the current event loop; yields its base URL (port 0: a free port).
 
-    On exit, requests still hanging (injected timeouts) are cancelled after ``shutdown_timeout``.
+    Pass a :class:`StubServer` to inspect it afterwards (``requests``). On exit, requests still hanging
+    (injected timeouts) are cancelled after ``shutdown_timeout``.
     """
-    server = StubServer(config)
+    server = config if isinstance(config, StubServer) else StubServer(config)
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from intent.backend import DecisionRequest
+from intent.backend import BackendError, DecisionRequest
 from intent.constraints import ebnf, json_schema
 from intent.contract import ChatMessage, TaskInfo, validate
 from intent.sglang import EarlyDecision, SGLangBackend, SGLangConfig
 from intent.sglang_wire import response_decoder
-from intent.stub_server import Latency, StubConfig, running
+from intent.stub_server import Latency, StubConfig, StubServer, running
 from intent.wire import parse_call, parse_json
 from tests.intent_helpers import fast, request
 
@@ -200,5 +200,17 @@ async def test_embedded_brain_honours_the_grammar() -> None:
                 d = await backend.decide(request(text))
                 assert validate(d.intent, ["task-1", "task-2"]) == d.intent
                 assert 0.0 < d.confidence <= 1.0
+        finally:
+            await backend.aclose()
+
+
+async def test_sglang_retries_5xx_only_within_the_deadline() -> None:
+    server = StubServer(fast(error_rate=1.0))
+    async with running(server) as url:
+        backend = SGLangBackend(SGLangConfig(url=url, max_attempts=3))
+        try:
+            with pytest.raises(BackendError) as info:
+                await backend.decide(request("hello", deadline_s=2.0))
+            assert "HTTP 500" in str(info.value) and server.requests == 3
         finally:
             await backend.aclose()

@@ -30,12 +30,13 @@ from ledger.models import (
     TaskStatus,
     UpdateOp,
 )
-from ledger.store import Ledger
+from ledger.store import ApplyCall, Ledger
 
 __all__ = [
     "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "Ack",
+    "ApplyCall",
     "ApplyResult",
     "AuditEntry",
     "CancelOp",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from ledger.errors import (
     InvalidOp,
@@ -38,6 +40,26 @@ APPLIED_TTL_MS = 24 * 3600 * 1000
 DECISIONS_MAX = 100_000
 
 _APPLY_LUA = importlib.resources.files("ledger").joinpath("lua/apply.lua").read_text("utf-8")
+# The snapshot of one conversation, atomically (the batched read of snapshot_many).
+_SNAPSHOT_LUA = """
+local m = redis.call('HMGET', KEYS[1], 'version', 'applied_turns')
+return {m[1], m[2], redis.call('HVALS', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCall:
+    """The arguments of one :meth:`Ledger.apply`, for :meth:`Ledger.apply_many`."""
+
+    conversation_id: str
+    expected_version: int | None
+    turn_id: str
+    ops: Sequence[Op]
+    decision: DecisionMeta | None = None
+    messages: Sequence[Message] = ()
+    fencing_token: str | None = None
+    ack: Ack | None = None
+    event: DecisionEvent | None = None
 
 
 class _ApplyRequest(msgspec.Struct, omit_defaults=True):
@@ -111,6 +133,7 @@ class Ledger:
         self.transcript_max = transcript_max
         # register_script handles NOSCRIPT (e.g. after a Redis restart) by re-sending the body.
         self._apply_script = redis.register_script(_APPLY_LUA)
+        self._snapshot_script = redis.register_script(_SNAPSHOT_LUA)
 
     def _script_keys(self, ck: ConversationKeys) -> list[str]:
         pk = self.keys.partition(ck.partition)
@@ -142,37 +165,101 @@ class Ledger:
         * ``ack``: the turn's stream entry is acknowledged in the same step (also for duplicates).
         * ``event``: published on the partition's decisions stream with the new ledger version.
         """
-        if not turn_id:
+        call = ApplyCall(
+            conversation_id, expected_version, turn_id, ops, decision=decision, messages=messages,
+            fencing_token=fencing_token, ack=ack, event=event,
+        )  # fmt: skip
+        keys, arg, reject = self._prepare(call)
+        reply = await self._apply_script(keys=keys, args=[arg])
+        return _result(reply, reject)
+
+    def _prepare(self, call: ApplyCall) -> tuple[list[str], bytes, _Reject]:
+        if not call.turn_id:
             raise InvalidOp("turn_id is required")
-        if not ops:
+        if not call.ops:
             raise InvalidOp("at least one op is required")
-        ck = self.keys.conversation(conversation_id)
+        ck = self.keys.conversation(call.conversation_id)
+        ack = call.ack
         if ack is not None and ack.stream != self.keys.partition(ck.partition).turns:
             raise InvalidOp("ack must name the conversation's partition turn stream")
         request = _ApplyRequest(
-            conv=conversation_id,
-            turn=turn_id,
-            expected=-1 if expected_version is None else expected_version,
-            ops=ops,
+            conv=call.conversation_id,
+            turn=call.turn_id,
+            expected=-1 if call.expected_version is None else call.expected_version,
+            ops=call.ops,
             transcript_max=self.transcript_max,
             applied_keep=APPLIED_KEEP,
             applied_ttl_ms=APPLIED_TTL_MS,
             decisions_max=DECISIONS_MAX,
-            decision=decision,
-            messages=messages,
-            token=fencing_token or "",
+            decision=call.decision,
+            messages=call.messages,
+            token=call.fencing_token or "",
             ack={"group": ack.group, "id": ack.entry_id} if ack else None,
-            event=_encoder.encode(event).decode("utf-8") if event else "",
+            event=_encoder.encode(call.event).decode("utf-8") if call.event else "",
         )
-        reply = await self._apply_script(keys=self._script_keys(ck), args=[_encoder.encode(request)])
-        if _text(reply[0]) != "ok":
-            raise _Reject(conversation_id, request.expected, ck.partition).error(reply)
-        return ApplyResult(
-            version=int(reply[1]),
-            created=_csv(reply[2]),
-            touched=_csv(reply[3]),
-            duplicate=bool(int(reply[4])),
+        reject = _Reject(call.conversation_id, request.expected, ck.partition)
+        return self._script_keys(ck), _encoder.encode(request), reject
+
+    async def apply_many(self, calls: Sequence[ApplyCall]) -> list[ApplyResult | Exception]:
+        """Several independent applies in one pipelined round trip (each atomic on its own).
+
+        Returns, per call, its result or the exception :meth:`apply` would have raised (a
+        :class:`LedgerError`, or a Redis error). Connection failures raise for the whole batch.
+        """
+        prepared: list[tuple[list[str], bytes, _Reject] | Exception] = []
+        for call in calls:
+            try:
+                prepared.append(self._prepare(call))
+            except LedgerError as exc:
+                prepared.append(exc)
+        sha = self._apply_script.sha
+        replies = await self._pipelined(
+            [(sha, p[0], [p[1]]) for p in prepared if not isinstance(p, Exception)], _APPLY_LUA
         )
+        out: list[ApplyResult | Exception] = []
+        it = iter(replies)
+        for p in prepared:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            reply = next(it)
+            if isinstance(reply, Exception):
+                out.append(reply)
+                continue
+            try:
+                out.append(_result(reply, p[2]))
+            except LedgerError as exc:
+                out.append(exc)
+        return out
+
+    async def snapshot_many(self, conversation_ids: Sequence[str]) -> list[LedgerSnapshot]:
+        """The snapshots of several conversations in one pipelined round trip (each one atomic)."""
+        sha = self._snapshot_script.sha
+        calls: list[tuple[str, list[str], list[bytes]]] = []
+        for conv in conversation_ids:
+            ck = self.keys.conversation(conv)
+            calls.append((sha, [ck.meta, ck.tasks, ck.transcript], []))
+        replies = await self._pipelined(calls, _SNAPSHOT_LUA)
+        out = []
+        for conv, reply in zip(conversation_ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            version, applied, raw_tasks, raw_messages = reply
+            out.append(_snapshot(conv, version, applied, raw_tasks, raw_messages))
+        return out
+
+    async def _pipelined(self, calls: list[tuple[str, list[str], list[bytes]]], body: str) -> list[Any]:
+        """EVALSHA each call in one non-transactional pipeline; loads the script once on NOSCRIPT."""
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sha, keys, args in calls:
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self.redis.script_load(body)  # Redis restarted or flushed its script cache
+                continue
+            return replies
+        return replies  # pragma: no cover - the loop always returns
 
     async def snapshot(self, conversation_id: str) -> LedgerSnapshot:
         """Version, tasks and transcript of a conversation in one round trip (MULTI/EXEC)."""
@@ -182,14 +269,7 @@ class Ledger:
             pipe.hvals(ck.tasks)
             pipe.lrange(ck.transcript, 0, -1)
             (version, applied), raw_tasks, raw_messages = await pipe.execute()
-        tasks = sorted((_task_decoder.decode(r) for r in raw_tasks), key=_task_order)
-        return LedgerSnapshot(
-            conversation_id=conversation_id,
-            version=int(version or 0),
-            tasks=tasks,
-            transcript=[_message_decoder.decode(m) for m in raw_messages],
-            applied_turns=int(applied or 0),
-        )
+        return _snapshot(conversation_id, version, applied, raw_tasks, raw_messages)
 
     async def audit(
         self, conversation_id: str, *, task_id: str | None = None, count: int | None = None
@@ -211,6 +291,30 @@ class Ledger:
         ck = self.keys.conversation(conversation_id)
         exists: bool = await self.redis.hexists(ck.results, turn_id)  # type: ignore[misc]
         return exists
+
+
+def _result(reply: list[Any], reject: _Reject) -> ApplyResult:
+    if _text(reply[0]) != "ok":
+        raise reject.error(reply)
+    return ApplyResult(
+        version=int(reply[1]),
+        created=_csv(reply[2]),
+        touched=_csv(reply[3]),
+        duplicate=bool(int(reply[4])),
+    )
+
+
+def _snapshot(
+    conversation_id: str, version: Any, applied: Any, raw_tasks: list[bytes], raw_messages: list[bytes]
+) -> LedgerSnapshot:
+    tasks = sorted((_task_decoder.decode(r) for r in raw_tasks), key=_task_order)
+    return LedgerSnapshot(
+        conversation_id=conversation_id,
+        version=int(version or 0),
+        tasks=tasks,
+        transcript=[_message_decoder.decode(m) for m in raw_messages],
+        applied_turns=int(applied or 0),
+    )
 
 
 def _task_order(task: Task) -> tuple[int, str]:

@@ -49,13 +49,13 @@ class State(str, Enum):
 
 
 def connect_redis(settings: Settings) -> Redis:
-    """The loop's client: bytes replies; socket timeout above the blocking read time."""
-    client: Redis = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2.0,
-        socket_timeout=settings.read_block_ms / 1000 + 5.0,
-        socket_keepalive=True,
-    )
+    """The loop's client: bytes replies, keepalive, no per-read socket timeout.
+
+    A per-read timeout costs an ``asyncio.timeout`` on every reply of the hot path; a hung Redis is
+    instead bounded by the control loop (each tick has a deadline; leases not renewed in time abort
+    their partitions, which cancels the stuck turns; they stay pending for the next owner).
+    """
+    client: Redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_keepalive=True)
     return client
 
 
@@ -265,7 +265,8 @@ class Orchestrator:
                 return
             self._wake.clear()
             try:
-                await self._tick()
+                async with asyncio.timeout(self.settings.lease_ms / 1000):
+                    await self._tick()
                 failures = 0
             except TRANSIENT as exc:
                 failures += 1

@@ -30,6 +30,7 @@ from intent import validate as validate_intent
 from intent.backend import Backend, BackendError, BackendTimeout, DecisionRequest, TierAttempt, Undecided
 from ledger import (
     Ack,
+    ApplyCall,
     ApplyResult,
     CancelOp,
     DecisionEvent,
@@ -52,6 +53,7 @@ from ledger import (
     VersionConflict,
 )
 from ledger.turns import Role, Turn
+from orchestrator.batching import Coalescer
 from orchestrator.membership import Lease
 from orchestrator.metrics import Metrics
 from orchestrator.partition import GROUP, Entry
@@ -166,11 +168,13 @@ class TurnProcessor:
         backend: Backend,
         metrics: Metrics,
         *,
+        coalescer: Coalescer | None = None,
         decision_timeout_ms: int,
         conflict_retries: int,
         observer: Callable[[TurnRecord], None] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.store = coalescer or Coalescer(ledger)
         self.backend = backend
         self.metrics = metrics
         self.decision_timeout = decision_timeout_ms / 1000
@@ -182,12 +186,12 @@ class TurnProcessor:
         turn = entry.turn
         conv = turn.conversation_id
         ack = Ack(self.ledger.keys.partition(lease.partition).turns, GROUP, entry.entry_id)
-        commit = _Commit(self.ledger, turn, lease.token, ack)
+        commit = _Commit(self.store, turn, lease.token, ack)
         model_s = 0.0
         result: ApplyResult | None = None
         plan: _Plan | None = None
         for attempt in range(self.conflict_retries + 1):
-            snap = await self.ledger.snapshot(conv)
+            snap = await self.store.snapshot(conv)
             plan = await self._plan(turn, snap)
             model_s += plan.model_s
             if plan.failure is not None:
@@ -366,8 +370,8 @@ def _failure(exc: Exception) -> tuple[str, str, list[PathItem]]:
 class _Commit:
     """The fenced, acknowledged apply of one turn."""
 
-    def __init__(self, ledger: Ledger, turn: Turn, token: str, ack: Ack) -> None:
-        self.ledger = ledger
+    def __init__(self, store: Coalescer, turn: Turn, token: str, ack: Ack) -> None:
+        self.store = store
         self.turn = turn
         self.token = token
         self.ack = ack
@@ -375,17 +379,11 @@ class _Commit:
         self.messages = [message]
 
     async def apply(self, expected: int | None, plan: _Plan, ops: Sequence[Op] | None = None) -> ApplyResult:
-        return await self.ledger.apply(
-            self.turn.conversation_id,
-            expected,
-            self.turn.turn_id,
-            ops or plan.ops,
-            decision=plan.meta,
-            messages=self.messages,
-            fencing_token=self.token,
-            ack=self.ack,
-            event=plan.event,
-        )
+        call = ApplyCall(
+            self.turn.conversation_id, expected, self.turn.turn_id, ops or plan.ops, decision=plan.meta,
+            messages=self.messages, fencing_token=self.token, ack=self.ack, event=plan.event,
+        )  # fmt: skip
+        return await self.store.apply(call)
 
     async def fallback(self, plan: _Plan) -> ApplyResult:
         """Commit whatever the version; if the ledger refuses the task event, commit the note alone."""

@@ -61,6 +61,7 @@ async def test_sigkill_under_load_then_restart_is_exactly_once(redis_url: str, p
         await publishing
         final = Instance(redis_url, prefix, tmp_path, "final", **env).start()
         instances.append(final)
+        await _wait_partitions(final, 16, 15)  # (the last crashed instance may have finished the work)
         await wait_until(lambda: _all(redis, keys, convs, 20), 60, "all turns after the crashes", every=0.2)
         final.signal(signal.SIGTERM)
         assert final.wait() == 0
@@ -146,6 +147,7 @@ async def test_sigterm_drains_and_leaves_nothing_pending(redis_url: str, prefix:
         assert await redis.zcard(keys.instances) == 0  # left the live set
         assert all([not await redis.exists(pk.lease) for pk in keys.all_partitions()])  # leases released
         second = Instance(redis_url, prefix, tmp_path, "term2").start()
+        await _wait_partitions(second, 16, 15)
         await wait_until(lambda: _all(redis, keys, convs, 40), 60, "the rest", every=0.2)
         second.signal(signal.SIGTERM)
         assert second.wait(30) == 0

@@ -8,6 +8,7 @@ import uuid
 import click
 
 from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp
+from orchestrator.commands.bench_loop import bench_loop_cmd
 from orchestrator.commands.bench_router import bench_router
 from orchestrator.commands.common import connect, fail, load_settings, percentile, print_json, run
 from orchestrator.handoff import bench_handoff as measure
@@ -102,3 +103,4 @@ def bench_handoff(
 
 
 bench.add_command(bench_router)
+bench.add_command(bench_loop_cmd)

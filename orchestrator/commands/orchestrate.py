@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.backends import BackendConfigError, build_backend
 from orchestrator.commands.common import fail, load_settings, run
 from orchestrator.logsetup import configure_logging
-from orchestrator.runtime import Orchestrator
 from orchestrator.settings import Settings
 
 
 async def _serve(settings: Settings) -> int:
+    # imported here: the backends pull in numpy/aiohttp, which other commands do not need
+    from orchestrator.backends import BackendConfigError, build_backend
+    from orchestrator.runtime import Orchestrator
+
     try:
         backend = build_backend(settings)
     except BackendConfigError as exc:

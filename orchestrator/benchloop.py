@@ -1,0 +1,254 @@
+"""``sraq bench loop``: what the orchestrator loop costs per turn, beyond the model.
+
+Three phases, each on its own throw-away key prefix (deleted afterwards), one Redis, one process:
+
+1. **saturated**: N turns over C conversations are published first; an in-process Orchestrator then
+   processes them as fast as it can. Throughput = N / (time from start to the last commit).
+2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher (same process,
+   pipelined batches every 10 ms) feeds a running Orchestrator. Per turn,
+   ``overhead = commit time - publish time - decision time`` (the router's own time is excluded;
+   stream delivery, lane queueing, the snapshot read and the commit are included). Also reported:
+   ``processing_ms`` = read-to-commit minus decision time.
+3. **floor**: the same N turns read by a bare loop that only does ``XREADGROUP`` + the ledger's Lua
+   apply (same script, same transcript message and decision event, XACK inside): one reader per
+   partition, each read batch applied in one pipeline; no snapshot, no router, no lanes, no order
+   per conversation. ``ratio_to_floor`` = saturated / floor.
+
+With a real model the saturated phase is bound by the model's CPU time, so it is also run with the
+scripted test router (``throughput_without_model_turns_per_s``): the loop's own ceiling.
+
+Numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from intent.backend import Backend
+from ledger import Ack, ApplyCall, DecisionEvent, DecisionMeta, Keys, Ledger, Message, NoteOp
+from ledger.turns import Publisher, Turn, decode_entry, make_turn
+from orchestrator.partition import GROUP
+from orchestrator.runtime import Orchestrator
+from orchestrator.scripted import ScriptedBackend
+from orchestrator.settings import Settings
+from orchestrator.turn_processor import TurnRecord
+
+#: A few shapes of user turns, so a real model sees varied input.
+CONTENTS = (
+    "can you find me a flight to Lisbon next friday",
+    "actually make it the morning flight",
+    "what's the weather like there",
+    "thanks!",
+    "cancel the hotel search please",
+    "and book a table for two at 8",
+)
+
+
+@dataclass(slots=True)
+class LoopBenchConfig:
+    turns: int = 10_000
+    conversations: int = 200
+    rate: float = 1000.0
+    rate_seconds: float = 3.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return float(ordered[k])
+
+
+def _turns(conversations: int, n: int, tag: str) -> list[Turn]:
+    """``n`` turns round-robin over the conversations (order within each conversation = list order)."""
+    return [
+        make_turn(f"bench-{c % conversations}", CONTENTS[(i // conversations) % len(CONTENTS)], turn_id=f"{tag}-{i}")
+        for i, c in enumerate(range(n))
+    ]
+
+
+async def _cleanup(redis: Redis, keys: Keys) -> None:
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=keys.pattern(), count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await redis.delete(*batch)
+            batch = []
+    if batch:
+        await redis.delete(*batch)
+
+
+def _bench_settings(settings: Settings, prefix: str) -> Settings:
+    return settings.model_copy(update={"prefix": prefix, "metrics_port": 0, "instance_id": f"bench-{prefix}"})
+
+
+async def _saturated(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBenchConfig) -> dict[str, float]:
+    prefix = f"{settings.prefix}-bench-{uuid.uuid4().hex[:8]}"
+    s = _bench_settings(settings, prefix)
+    keys = s.keys()
+    done = asyncio.Event()
+    records: list[TurnRecord] = []
+
+    def observe(record: TurnRecord) -> None:
+        records.append(record)
+        if len(records) >= cfg.turns:
+            done.set()
+
+    try:
+        publisher = Publisher(redis, keys)
+        turns = _turns(cfg.conversations, cfg.turns, "s")
+        for i in range(0, len(turns), 1000):
+            await publisher.publish_many(turns[i : i + 1000])
+        orch = Orchestrator(s, backend, observer=observe)
+        started = time.perf_counter()
+        await orch.start()
+        try:
+            await asyncio.wait_for(done.wait(), timeout=max(60.0, cfg.turns / 100))
+            elapsed = time.perf_counter() - started
+        finally:
+            await orch.stop()
+    finally:
+        await _cleanup(redis, keys)
+    model = [r.model_ms for r in records]
+    return {
+        "throughput_turns_per_s": cfg.turns / elapsed,
+        "seconds": elapsed,
+        "model_ms_mean": sum(model) / len(model),
+    }
+
+
+async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBenchConfig) -> dict[str, object]:
+    prefix = f"{settings.prefix}-bench-{uuid.uuid4().hex[:8]}"
+    s = _bench_settings(settings, prefix)
+    keys = s.keys()
+    n = int(cfg.rate * cfg.rate_seconds)
+    records: list[TurnRecord] = []
+    done = asyncio.Event()
+
+    def observe(record: TurnRecord) -> None:
+        records.append(record)
+        if len(records) >= n:
+            done.set()
+
+    orch = Orchestrator(s, backend, observer=observe)
+    try:
+        await orch.start()
+        publisher = Publisher(redis, keys)
+        tick = 0.01
+        per_tick = max(1, round(cfg.rate * tick))
+        started = time.perf_counter()
+        sent = 0
+        while sent < n:
+            # make_turn stamps ts = publish time, the start of the overhead measurement
+            batch = [
+                make_turn(
+                    f"bench-{(sent + j) % cfg.conversations}",
+                    CONTENTS[(sent + j) % len(CONTENTS)],
+                    turn_id=f"r-{sent + j}",
+                )
+                for j in range(min(per_tick, n - sent))
+            ]
+            await publisher.publish_many(batch)
+            sent += len(batch)
+            # absolute schedule: a slow tick does not lower the offered rate
+            delay = started + (sent / per_tick) * tick - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        offered = n / (time.perf_counter() - started)
+        await asyncio.wait_for(done.wait(), timeout=60)
+    finally:
+        await orch.stop()
+        await _cleanup(redis, keys)
+    e2e = [max(0.0, (r.committed_at - r.published_at) * 1000 - r.model_ms) for r in records]
+    processing = [r.overhead_ms for r in records]
+    model = [r.model_ms for r in records]
+    return {
+        "turns": n,
+        "offered_turns_per_s": round(offered, 1),
+        "overhead_ms": {"p50": round(percentile(e2e, 50), 3), "p99": round(percentile(e2e, 99), 3)},
+        "processing_ms": {"p50": round(percentile(processing, 50), 3), "p99": round(percentile(processing, 99), 3)},
+        "model_ms": {"p50": round(percentile(model, 50), 3), "p99": round(percentile(model, 99), 3)},
+    }
+
+
+async def _floor(settings: Settings, redis: Redis, cfg: LoopBenchConfig) -> float:
+    """Bare XREADGROUP + Lua apply (+ XACK inside) over the same turns; returns turns/s."""
+    prefix = f"{settings.prefix}-bench-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix=prefix, partitions=settings.partitions)
+    ledger = Ledger(redis, keys, transcript_max=settings.transcript_max)
+    try:
+        publisher = Publisher(redis, keys)
+        turns = _turns(cfg.conversations, cfg.turns, "f")
+        for i in range(0, len(turns), 1000):
+            await publisher.publish_many(turns[i : i + 1000])
+        for pk in keys.all_partitions():
+            with contextlib.suppress(Exception):
+                await redis.xgroup_create(pk.turns, GROUP, id="0", mkstream=True)
+
+        def call(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ApplyCall:
+            turn = decode_entry(fields)
+            return ApplyCall(
+                turn.conversation_id, None, turn.turn_id, [NoteOp("")],
+                decision=DecisionMeta(action="noop", tier="floor", confidence=1.0, latency_ms=0.0),
+                messages=[Message(role=turn.role.value, content=turn.content, turn_id=turn.turn_id)],
+                ack=Ack(stream, GROUP, entry_id.decode()),
+                event=DecisionEvent(conversation_id=turn.conversation_id, turn_id=turn.turn_id, action="noop",
+                                    args={}, tier="floor", confidence=1.0, latency_ms=0.0),
+            )  # fmt: skip
+
+        async def reader(stream: str) -> None:
+            # one XREADGROUP per batch, then every apply of the batch in one pipeline
+            while True:
+                reply = await redis.xreadgroup(GROUP, "floor", {stream: ">"}, count=settings.read_batch)
+                if not reply:
+                    return
+                calls = [call(stream, eid, fields) for _name, entries in reply for eid, fields in entries]
+                for result in await ledger.apply_many(calls):
+                    if isinstance(result, Exception):
+                        raise result
+
+        started = time.perf_counter()
+        await asyncio.gather(*(reader(pk.turns) for pk in keys.all_partitions()))
+        elapsed = time.perf_counter() - started
+    finally:
+        await _cleanup(redis, keys)
+    return cfg.turns / elapsed
+
+
+async def bench_loop(settings: Settings, backend: Backend, cfg: LoopBenchConfig) -> dict[str, object]:
+    """Run the three phases; returns the ``sraq bench loop --json`` object."""
+    redis: Redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+    try:
+        await redis.ping()
+        saturated = await _saturated(settings, redis, backend, cfg)
+        # the same loop with the scripted router (microseconds per decision): the loop's own ceiling
+        bare = ScriptedBackend()
+        no_model = saturated if backend.name == bare.name else await _saturated(settings, redis, bare, cfg)
+        paced = await _paced(settings, redis, backend, cfg)
+        floor = await _floor(settings, redis, cfg)
+    finally:
+        await redis.aclose()
+    throughput = saturated["throughput_turns_per_s"]
+    loop_only = no_model["throughput_turns_per_s"]
+    return {
+        "turns": cfg.turns,
+        "conversations": cfg.conversations,
+        "throughput_turns_per_s": round(throughput, 1),
+        "overhead_ms": paced["overhead_ms"],
+        "floor_turns_per_s": round(floor, 1),
+        "ratio_to_floor": round(throughput / floor, 3),
+        "backend": getattr(backend, "name", type(backend).__name__),
+        "model_ms_mean_saturated": round(saturated["model_ms_mean"], 4),
+        "throughput_without_model_turns_per_s": round(loop_only, 1),
+        "ratio_to_floor_without_model": round(loop_only / floor, 3),
+        "at_rate": paced,
+        "partitions": settings.partitions,
+        "max_in_flight": settings.max_in_flight,
+    }

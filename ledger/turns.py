@@ -51,6 +51,17 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def is_task_event(self) -> bool:
         return self.task_id is not None and self.event is not None
 
+    @property
+    def transcript_text(self) -> str:
+        """The content as transcripts show it: task events read ``[task-3 completed] <text>``.
+
+        This is the convention of the reference data, so every intent tier sees task callbacks the
+        way it was trained on them; the ledger itself records the bare text.
+        """
+        if self.task_id is not None and self.event is not None:
+            return f"[{self.task_id} {self.event.value}] {self.content}".rstrip()
+        return self.content
+
 
 class InvalidTurn(ValueError):
     """A turn that fails validation; ``reason`` is one clear sentence."""

@@ -200,8 +200,11 @@ class DemoPlayer:
                     except TimeoutError:
                         self.problems.append(f"{conv.id}: no decision for {text!r} within {STEP_TIMEOUT_S:g}s")
                         return
-                    if decision["action"] != expect:
-                        self.problems.append(f"{conv.id}: {text!r} → {decision['action']} (script expected {expect})")
+                    args = decision["args"] if isinstance(decision["args"], dict) else {}
+                    got = f"{decision['action']}({args.get('task_id', '')})" if step.task else str(decision["action"])
+                    want = f"{expect}({step.task})" if step.task else expect
+                    if got != want:
+                        self.problems.append(f"{conv.id}: {text!r} → {got} (script expected {want})")
                 case WaitTask(task_id=task_id, statuses=statuses):
                     if not await self._wait_task(conv.id, task_id, statuses):
                         self.problems.append(f"{conv.id}: {task_id} never reached {'/'.join(statuses)}")

@@ -12,6 +12,7 @@ class Say:
     text: str
     expect: str
     channel: str = "chat"
+    task: str | None = None  # the task update/cancel must name
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ def conversations(run_id: str) -> list[Conversation]:
             steps=(
                 Say("hi there, good morning!", "reply", "voice"),
                 Say("can you find me flights from Lisbon to Berlin for next Friday", "start_task", "voice"),
+                Say("and also look for a hotel near Alexanderplatz for two nights", "start_task", "voice"),
                 WaitTask("task-1", RUNNING),
-                Say("actually change the flight search to Saturday morning instead", "update_task", "voice"),
+                Say("actually change the flight search to Saturday morning instead", "update_task", "voice", "task-1"),
                 Say("how is the flight search going?", "reply", "voice"),
                 WaitTask("task-1", DONE),
+                WaitTask("task-2", DONE),
             ),
-            expected={"task-1": "completed"},
+            expected={"task-1": "completed", "task-2": "completed"},
         ),
         Conversation(
             id=f"demo-{run_id}-hiring",
@@ -62,7 +65,7 @@ def conversations(run_id: str) -> list[Conversation]:
                 Say("please start screening applicants for the senior backend engineer role", "start_task"),
                 Say("also draft a job post for the product designer opening", "start_task"),
                 WaitTask("task-2", RUNNING),
-                Say("forget the designer job post, we filled that position internally", "cancel_task"),
+                Say("forget the designer job post, we filled that position internally", "cancel_task", task="task-2"),
                 WaitTask("task-1", DONE),
             ),
             expected={"task-1": "completed", "task-2": "cancelled"},

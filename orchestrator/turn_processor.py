@@ -260,7 +260,7 @@ class TurnProcessor:
             conversation_id=turn.conversation_id,
             turn_id=turn.turn_id,
             transcript=[ChatMessage(role=m.role, content=m.content) for m in snap.transcript]
-            + [ChatMessage(role=turn.role.value, content=turn.content)],
+            + [ChatMessage(role=turn.role.value, content=turn.transcript_text)],
             tasks=tasks,
             deadline=time.monotonic() + self.decision_timeout,
         )
@@ -375,13 +375,23 @@ class _Commit:
         self.turn = turn
         self.token = token
         self.ack = ack
-        message = Message(role=turn.role.value, content=turn.content, turn_id=turn.turn_id, task_id=turn.task_id)
+        message = Message(
+            role=turn.role.value, content=turn.transcript_text, turn_id=turn.turn_id, task_id=turn.task_id
+        )
         self.messages = [message]
+
+    def _messages(self, plan: _Plan) -> list[Message]:
+        """The turn, and for a ``reply`` what the assistant says, so later decisions see both."""
+        text = plan.event.args.get("text") if plan.event.action == "reply" else None
+        if not text:
+            return self.messages
+        said = Message(role="assistant", content=text, turn_id=f"{self.turn.turn_id}.reply")
+        return [*self.messages, said]
 
     async def apply(self, expected: int | None, plan: _Plan, ops: Sequence[Op] | None = None) -> ApplyResult:
         call = ApplyCall(
             self.turn.conversation_id, expected, self.turn.turn_id, ops or plan.ops, decision=plan.meta,
-            messages=self.messages, fencing_token=self.token, ack=self.ack, event=plan.event,
+            messages=self._messages(plan), fencing_token=self.token, ack=self.ack, event=plan.event,
         )  # fmt: skip
         return await self.store.apply(call)
 

@@ -22,6 +22,7 @@ import msgspec
 
 from intent.contract import ChatMessage, Intent, TaskInfo, validate
 from intent.errors import InvalidDecision
+from intent.prompt import OPEN_STATUSES, parse_rendered
 from intent.wire import parse_any, to_call
 
 #: The line of a fine-tuning row's system message after which the ledger tasks follow as JSON.
@@ -119,7 +120,7 @@ def parse_row(obj: object, *, line: int = 0, source: str = "") -> Example:
     else:
         raise RowError("neither a full row (no 'final') nor a fine-tuning row (no 'messages')")
     try:
-        validate(example.expected, [t.id for t in example.tasks])
+        validate(example.expected, [t.id for t in example.tasks if t.status in OPEN_STATUSES])
     except InvalidDecision as exc:
         raise RowError(f"final {exc.reason}") from None
     return example
@@ -152,10 +153,6 @@ def _parse_finetune(obj: dict[str, Any], line: int, source: str) -> Example:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         raise RowError("'messages' must be a non-empty list")
-    system = next((m for m in messages if isinstance(m, dict) and m.get("role") == "system"), None)
-    if system is None:
-        raise RowError("fine-tuning row has no system message (with the '## Ongoing tasks:' section)")
-    tasks = _tasks_from_system(system.get("content"))
     last = messages[-1]
     if not isinstance(last, dict) or last.get("role") != "assistant":
         raise RowError("the last message of a fine-tuning row must be the assistant's final decision")
@@ -163,9 +160,30 @@ def _parse_finetune(obj: dict[str, Any], line: int, source: str) -> Example:
     if not isinstance(final, str):
         raise RowError("the final assistant message has no text content")
     thinking = last.get("thinking") or last.get("reasoning_content") or obj.get("reasoning")
-    transcript = [m for m in _messages(messages[:-1]) if m.role != "system"]
+    history = messages[:-1]
+    system = next((m for m in history if isinstance(m, dict) and m.get("role") == "system"), None)
+    system_text = system.get("content") if system is not None else None
+    rendered = next((m["content"] for m in history if _is_rendered_prompt(m)), None)
+    if isinstance(system_text, str) and TASKS_MARKER in system_text:
+        tasks = _tasks_from_system(system_text)
+        transcript = [m for m in _messages(history) if m.role != "system"]
+    elif rendered is not None:
+        # the project's own prompt (intent.prompt): ledger and transcript rendered in one message
+        tasks, transcript = parse_rendered(rendered)
+    else:
+        raise RowError(
+            f"fine-tuning row has neither a system message with a '{TASKS_MARKER}' line "
+            "nor a rendered '## Ledger' / '## Transcript' prompt"
+        )
     meta = _meta(obj) | {"format": "messages"}
     return _example(obj, transcript, tasks, final, thinking, meta, line, source)
+
+
+def _is_rendered_prompt(message: object) -> bool:
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        return False
+    content: str = message["content"]
+    return "## Ledger" in content and "## Transcript" in content
 
 
 def _example(

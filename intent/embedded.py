@@ -4,7 +4,7 @@ It wraps :class:`~intent.embedded_model.EmbeddedModel` (numpy inference, well un
 fills the action's arguments from the turn itself:
 
 * ``start_task`` / ``update_task`` / ``cancel_task``: the explanation is the user's message, cleaned of
-  disfluencies (for a tool callback, the callback text);
+  disfluencies (for a tool callback, the user's latest message before it);
 * ``reply``: a short templated sentence consistent with the ledger (the result of a completed callback,
   the last update of the task the user asks about, or an acknowledgement). The embedded tier does not
   write free prose; a cascade sends replies that need it to a generative tier.
@@ -68,7 +68,6 @@ class EmbeddedBackend:
 
 def build_intent(pred: Prediction, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> Intent:
     """Fill the predicted action's arguments from the turn."""
-    last = transcript[-1]
     match pred.action:
         case Action.NOOP:
             return make_intent(Action.NOOP, {})
@@ -79,13 +78,14 @@ def build_intent(pred: Prediction, transcript: Sequence[ChatMessage], tasks: Seq
         case Action.UPDATE_TASK | Action.CANCEL_TASK:
             assert pred.task_id is not None
             explanation = _explanation(transcript)
-            if pred.action is Action.CANCEL_TASK and last.role == "tool":
-                explanation = f"Stop it: {explanation}"
             return make_intent(pred.action, {"task_id": pred.task_id, "explanation": explanation})
 
 
 def _explanation(transcript: Sequence[ChatMessage]) -> str:
+    """The user's words (for a tool callback, the user's latest message before it, if any)."""
     last = transcript[-1]
+    if last.role != "user":
+        last = next((m for m in reversed(transcript) if m.role == "user"), last)
     return clean_utterance(last.content)
 
 

@@ -10,7 +10,9 @@ Definitions (documented in docs/embedded-and-eval.md):
 * A decision is *correct* when its action is right and, for update/cancel, its task is right. ``ece``
   (10 equal-width confidence bins) and ``selective_accuracy`` (most confident first; ties broken by row
   order) use that correctness; invalid rows have confidence 0.
-* ``latency_ms``: wall-clock time around ``decide``; ``latency_by_tier`` splits it by the tiers tried.
+* ``latency_ms``: wall-clock time around ``decide``; ``latency_by_tier`` splits it by the tiers tried;
+  ``cpu_ms``: CPU time of the calling thread during ``decide`` (the compute of an inline tier like
+  ``embedded``, without the waits a busy machine adds; meaningless for network tiers).
 * ``escalation_rate``: share of rows a cascade passed beyond its first tier; null for a single tier.
 """
 
@@ -46,6 +48,7 @@ class RowResult(msgspec.Struct, kw_only=True):
     call: str | None = None
     confidence: float = 0.0
     latency_ms: float = 0.0
+    cpu_ms: float = 0.0
     tier: str | None = None
     escalated: bool | None = None
     tiers: dict[str, float] = msgspec.field(default_factory=dict)
@@ -78,17 +81,19 @@ async def evaluate_backend(
         request = DecisionRequest(
             conversation_id=f"eval-{example.id}", turn_id=example.id, transcript=example.transcript, tasks=example.tasks
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             decision = await backend.decide(request)
         except (InvalidDecision, BackendError, Undecided) as exc:
             row.latency_ms = (time.perf_counter() - t0) * 1000.0
+            row.cpu_ms = (time.thread_time() - c0) * 1000.0
             row.error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, Undecided):
                 row.tiers = {a.tier: a.latency_ms for a in exc.path}
                 row.escalated = len(exc.path) > 1 if exc.path else None
         else:
             row.latency_ms = (time.perf_counter() - t0) * 1000.0
+            row.cpu_ms = (time.thread_time() - c0) * 1000.0
             row.predicted = decision.intent.action.value
             row.predicted_task = _task_of(decision.intent)
             row.call = to_call(decision.intent)
@@ -192,6 +197,7 @@ def report(rows: Sequence[RowResult], *, cascade: bool = False) -> dict[str, Any
         "per_action": pa,
         "selective_accuracy": {str(c): round(selective_accuracy(conf, correct, c), 4) for c in COVERAGES},
         "latency_ms": _latency([r.latency_ms for r in rows]),
+        "cpu_ms": _latency([r.cpu_ms for r in rows]),
         "latency_by_tier": {tier: _latency(v) for tier, v in sorted(by_tier.items())},
         "confusion": confusion,
         "escalation_rate": escalation,

@@ -11,6 +11,7 @@ context (role-tagged words of the three messages before it) | dense ledger/turn 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from intent.contract import ChatMessage, TaskInfo
+from intent.cues import CUE_NAMES, cue_flags
 from intent.text import (
     TOOL_EVENTS,
     char_ngrams,
@@ -35,6 +37,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 CONTEXT_MESSAGES = 3
+PREV_USER_CUES = ("cancel", "change", "request")
 _ROLE_TAG = {"user": "u:", "assistant": "a:", "tool": "t:"}
 _ROLES = ("user", "assistant", "tool")
 _FILLERS_TEXT = "uh um er hmm mm ok okay k cool thanks thank thx ty yeah yep sure right hold on sec wait"
@@ -59,6 +62,8 @@ DENSE_NAMES: tuple[str, ...] = (
     "assistant_just_spoke",
     "log_content_words",
     "filler_share",
+    *(f"cue={c}" for c in CUE_NAMES),
+    *(f"prev_user_cue={c}" for c in PREV_USER_CUES),
 )
 
 PAIR_NAMES: tuple[str, ...] = (
@@ -78,12 +83,27 @@ PAIR_NAMES: tuple[str, ...] = (
     "inv_tasks",
     "task_in_msg",
     "assistant_about_task",
+    "focus_clause_overlap",
+    "kept_clause_overlap",
+    "focus_gap",
+    "ctx_gap",
 )
+
+_CLAUSE_SPLIT = re.compile(r"[.;!?\n]+|,\s*(?=(?:but|and|so|though|although)\b)|\b(?:but|however|though|although)\b")
+_KEEP_CUE = re.compile(
+    r"\b(?:still|keep|keeping|stay|stays|continue|carry on|finish|go ahead|proceed|leave|remain|remains|as planned|"
+    r"is fine|are fine|unchanged|as is)\b"
+)
+
+
+#: Character n-grams are taken from the first this-many characters (long emails stay cheap; the ask
+#: is rarely only at the end).
+CHAR_NGRAM_CHARS = 600
 
 
 def message_terms(text: str) -> list[str]:
     """Terms of the message being decided on."""
-    return word_ngrams(text) + char_ngrams(text)
+    return word_ngrams(text) + char_ngrams(text[:CHAR_NGRAM_CHARS])
 
 
 def context_terms(transcript: Sequence[ChatMessage]) -> list[str]:
@@ -123,16 +143,12 @@ class TfidfVocab:
 
     def transform(self, doc: Sequence[str]) -> tuple[IntArray, FloatArray]:
         """Sparse (indices, values) of one document; values are l2-normalised."""
-        counts: Counter[int] = Counter()
-        index = self.index
-        for term in doc:
-            i = index.get(term)
-            if i is not None:
-                counts[i] += 1
-        if not counts:
+        get = self.index.get
+        found = [i for i in map(get, doc) if i is not None]
+        if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        idx, counts = np.unique(np.asarray(found, dtype=np.int64), return_counts=True)
+        tf = counts.astype(np.float64)
         vals = (1.0 + np.log(tf)) * self.idf[idx]
         vals /= float(np.sqrt(vals @ vals))
         return idx, vals
@@ -153,7 +169,8 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
     stripped = text.rstrip()
     msg_stems = content_stems(text)
     overlaps = sorted((overlap(msg_stems, _task_stems(t)) for t in tasks), reverse=True)
-    trigrams = [dice(trigram_set(text), _task_trigrams(t)) for t in tasks]
+    msg_tri = trigram_set(text[:CHAR_NGRAM_CHARS])
+    trigrams = [dice(msg_tri, _task_trigrams(t)) for t in tasks]
     open_ids = {t.id.lower() for t in tasks}
     f += [
         math.log1p(len(transcript)),
@@ -171,6 +188,10 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
         math.log1p(len(msg_stems)) / 2.0,
         sum(1 for t in toks if t in _FILLERS) / max(1, len(toks)),
     ]
+    f += cue_flags(text)
+    # a tool callback is decided on after the user's last words: their cues still matter
+    prev_user = next((m.content for m in reversed(transcript[:-1]) if m.role == "user"), "")
+    f += cue_flags(prev_user, PREV_USER_CUES)
     return np.asarray(f, dtype=np.float64)
 
 
@@ -179,7 +200,8 @@ def _task_text(task: TaskInfo) -> str:
 
 
 def _task_stems(task: TaskInfo) -> frozenset[str]:
-    return content_stems(_task_text(task))
+    # same set as content_stems(_task_text(task)); the summary's stems are reused from the cache
+    return content_stems(task.summary) | content_stems(task.last_update)
 
 
 def _task_trigrams(task: TaskInfo) -> frozenset[str]:
@@ -195,13 +217,16 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
     # a tool callback is decided on, but the user's words before it say which task matters
     user_msgs = [m.content for m in transcript if m.role == "user"]
     msg = last if transcript[-1].role == "user" or not user_msgs else f"{last} {user_msgs[-1]}"
-    msg_stems, msg_tri = content_stems(msg), trigram_set(msg)
+    msg_stems, msg_tri = content_stems(msg), trigram_set(msg[:CHAR_NGRAM_CHARS])
     ctx = " ".join(m.content for m in transcript[-1 - CONTEXT_MESSAGES : -1])
-    ctx_stems, ctx_tri = content_stems(ctx), trigram_set(ctx)
+    ctx_stems, ctx_tri = content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
     last_tool = next((m.content for m in reversed(transcript) if m.role == "tool"), "")
     tool_evt = tool_event(last_tool)
     prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
     asst_stems = content_stems(prev_assistant)
+    clauses = [c for c in _CLAUSE_SPLIT.split(msg.lower()) if c and c.strip()]
+    kept = [content_stems(c) for c in clauses if _KEEP_CUE.search(c)]
+    focus = [content_stems(c) for c in clauses if not _KEEP_CUE.search(c)]
     in_msg = mentioned_ids(last)
     in_transcript: set[str] = set()
     for m in transcript:
@@ -228,6 +253,10 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
                 1.0 / n,
                 overlap(t_stems, msg_stems),
                 overlap(asst_stems, t_stems),
+                max((overlap(c, t_stems) for c in focus), default=0.0),
+                max((overlap(c, t_stems) for c in kept), default=0.0),
+                0.0,
+                0.0,
             ]
         )
     out = np.asarray(rows, dtype=np.float64)
@@ -235,4 +264,6 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
     out[:, 5] = out[:, 1] >= best_overlap - 1e-12
     out[:, 6] = out[:, 1] - best_overlap
     out[:, 7] = out[:, 2] - best_tri
+    out[:, 18] = out[:, 16] - out[:, 16].max()
+    out[:, 19] = out[:, 3] - out[:, 3].max()
     return out

@@ -1,20 +1,18 @@
-"""A minimal renderer of the decision prompt, used by ``sraq dataset export`` until the project prompt lands.
+"""The reference dataset's prompt layout, for ``sraq dataset export --prompt reference``.
 
-The layout follows the reference fine-tuning rows: one system message with the fixed instructions
-first (so a server's prefix cache keeps them) and, after a line ``## Ongoing tasks:``, the open tasks as
-JSON; then the transcript. The issue-5 prompt module (``intent/prompt.py``) may absorb this.
+One system message with the fixed instructions first and, after a line ``## Ongoing tasks:``, the open
+tasks as JSON; the transcript follows as chat messages. The project's own prompt (what the tiers send
+at inference) is :mod:`intent.prompt`; this layout exists to write rows in the reference format.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Literal
 
 from intent.contract import TaskInfo
 from intent.dataset import TASKS_MARKER
-
-OutputFormat = Literal["call", "json"]
+from intent.prompt import OutputFormat
 
 _INSTRUCTIONS = """\
 You decide the next action of a real-time assistant after every turn of a conversation (voice, chat,

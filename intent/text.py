@@ -64,6 +64,7 @@ def char_ngrams(text: str, lo: int = 3, hi: int = 5, prefix: str = "c:") -> list
     return out
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude suffix-stripping stem, enough to match "booking"/"booked"/"book"."""
     for suffix in ("ations", "ation", "ings", "ing", "ies", "ied", "ers", "er", "ed", "es", "ly", "s"):

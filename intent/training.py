@@ -5,8 +5,9 @@
    cross-validation on the training rows (log-loss), never on a test split.
 3. Calibration: one temperature is fitted (minimum negative log-likelihood) on the out-of-fold logits of
    that cross-validation, then the final model is fitted on all training rows.
-4. The task resolver is a logistic regression over (turn, task) pair features of the update/cancel rows,
-   softmaxed over a ledger's tasks with its own temperature fitted on out-of-fold scores the same way.
+4. The task resolver is a conditional logit over (turn, task) pair features of the update/cancel rows
+   (one softmax over each ledger's tasks), its L2 penalty chosen and its temperature fitted on
+   out-of-fold scores the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
 from intent.contract import ACTIONS
@@ -35,8 +36,8 @@ from intent.features import (
 )
 from intent.splits import stratified_folds
 
-C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
-PAIR_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+PAIR_L2_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 
 
 def _action_matrix(examples: Sequence[Example], msg: TfidfVocab, ctx: TfidfVocab) -> sp.csr_matrix:
@@ -100,7 +101,7 @@ def train(
     folds: int = 5,
     seed: int = 13,
     c_grid: Sequence[float] = C_GRID,
-    pair_c_grid: Sequence[float] = PAIR_C_GRID,
+    pair_l2_grid: Sequence[float] = PAIR_L2_GRID,
     log: Callable[[str], None] = lambda _: None,
 ) -> EmbeddedModel:
     """Fit vocabularies, the action classifier, its calibration and the task resolver on ``examples``."""
@@ -133,7 +134,7 @@ def train(
     coef = np.asarray(final.coef_, dtype=np.float64)[order].T.copy()
     intercept = np.asarray(final.intercept_, dtype=np.float64)[order].copy()
 
-    pair_coef, pair_intercept, pair_t, pair_info = _train_resolver(examples, folds, seed, pair_c_grid, log)
+    pair_coef, pair_intercept, pair_t, pair_info = _train_resolver(examples, folds, seed, pair_l2_grid, log)
     info: dict[str, Any] = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": len(examples),
@@ -162,52 +163,70 @@ def train(
     )
 
 
+def _fit_conditional_logit(groups: Sequence[tuple[FloatArray, int]], lam: float) -> FloatArray:
+    """Weights of a conditional logit: softmax over one ledger's tasks, L2-penalised, fitted with L-BFGS."""
+    x = np.vstack([g[0] for g in groups])
+    sizes = np.array([len(g[0]) for g in groups])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    truth = starts + np.array([g[1] for g in groups])
+    owner = np.repeat(np.arange(len(groups)), sizes)
+    n = len(groups)
+
+    def objective(w: FloatArray) -> tuple[float, FloatArray]:
+        s = x @ w
+        s = s - np.maximum.reduceat(s, starts)[owner]
+        e = np.exp(s)
+        denom = np.add.reduceat(e, starts)
+        p = e / denom[owner]
+        loss = float(-(s[truth] - np.log(denom)).sum())
+        grad = -(x[truth].sum(axis=0)) + p @ x
+        return loss / n + lam * float(w @ w), grad / n + 2 * lam * w
+
+    res = minimize(objective, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B")
+    return np.asarray(res.x, dtype=np.float64)
+
+
+def _group_nll(groups: Sequence[tuple[FloatArray, int]], scores: Sequence[FloatArray], t: float) -> float:
+    nll = 0.0
+    for (_, y), s in zip(groups, scores, strict=True):
+        z = s / t
+        z = z - z.max()
+        nll -= float(z[y]) - math.log(float(np.exp(z).sum()))
+    return nll / len(groups)
+
+
 def _train_resolver(
-    examples: Sequence[Example], folds: int, seed: int, c_grid: Sequence[float], log: Callable[[str], None]
+    examples: Sequence[Example], folds: int, seed: int, lam_grid: Sequence[float], log: Callable[[str], None]
 ) -> tuple[FloatArray, float, float, dict[str, Any]]:
+    """Conditional logit over (turn, task) pair features, trained on the update/cancel rows."""
     rows = [ex for ex in examples if ex.expected.action.needs_task and ex.tasks]
-    feats: list[FloatArray] = []
-    labels: list[int] = []
-    group: list[int] = []
-    for g, ex in enumerate(rows):
-        target = ex.expected.args()["task_id"]
-        feats.append(pair_features(ex.transcript, ex.tasks))
-        labels += [int(t.id == target) for t in ex.tasks]
-        group += [g] * len(ex.tasks)
-    x = np.vstack(feats)
-    y = np.array(labels)
-    groups = np.array(group)
-    group_fold = stratified_folds([str(len(ex.tasks) > 1) for ex in rows], folds, seed)
-    fold_of = [group_fold[g] for g in group]
+    groups = [(pair_features(ex.transcript, ex.tasks), [t.id for t in ex.tasks].index(ex.expected.args()["task_id"]))
+              for ex in rows]  # fmt: skip
+    fold_of = stratified_folds([str(len(ex.tasks) > 1) for ex in rows], folds, seed)
 
-    def grouped_nll(scores: FloatArray, t: float) -> tuple[float, float]:
-        nll, correct = 0.0, 0
-        for g in range(len(rows)):
-            s = scores[groups == g] / t
-            s = s - s.max()
-            logp = s - math.log(float(np.exp(s).sum()))
-            truth = int(np.argmax(y[groups == g]))
-            nll -= float(logp[truth])
-            correct += int(int(np.argmax(s)) == truth)
-        return nll / len(rows), correct / len(rows)
-
-    best: tuple[float, float, FloatArray] | None = None
-    for c in c_grid:
-        scores = _oof(x, y, fold_of, c, folds)
-        loss, acc = grouped_nll(scores, 1.0)
-        log(f"resolver C={c:g}: cv group log-loss {loss:.4f}, cv task accuracy {acc:.3f}")
+    best: tuple[float, float, list[FloatArray]] | None = None
+    for lam in lam_grid:
+        oof: list[FloatArray] = [np.zeros(0)] * len(groups)
+        for f in range(folds):
+            w = _fit_conditional_logit([g for g, k in zip(groups, fold_of, strict=True) if k != f], lam)
+            for i, k in enumerate(fold_of):
+                if k == f:
+                    oof[i] = groups[i][0] @ w
+        loss = _group_nll(groups, oof, 1.0)
+        acc = sum(int(np.argmax(s)) == y for (_, y), s in zip(groups, oof, strict=True)) / len(groups)
+        log(f"resolver L2={lam:g}: cv group log-loss {loss:.4f}, cv task accuracy {acc:.3f}")
         if best is None or loss < best[0]:
-            best = (loss, c, scores)
+            best = (loss, lam, oof)
     assert best is not None
-    _, c_best, oof_scores = best
-    res = minimize_scalar(lambda lt: grouped_nll(oof_scores, math.exp(lt))[0], bounds=(-3.0, 3.0), method="bounded")
+    _, lam_best, oof_best = best
+    res = minimize_scalar(lambda lt: _group_nll(groups, oof_best, math.exp(lt)), bounds=(-3.0, 3.0), method="bounded")
     t = float(math.exp(res.x))
-    final = _new_lr(c_best).fit(x, y)
-    _, cv_acc = grouped_nll(oof_scores, t)
+    w = _fit_conditional_logit(groups, lam_best)
+    cv_acc = sum(int(np.argmax(s)) == y for (_, y), s in zip(groups, oof_best, strict=True)) / len(groups)
     info = {
         "resolver_rows": len(rows),
-        "resolver_C": c_best,
+        "resolver_l2": lam_best,
         "resolver_temperature": round(t, 4),
         "cv_task_accuracy": round(cv_acc, 4),
     }
-    return np.asarray(final.coef_[0], dtype=np.float64), float(final.intercept_[0]), t, info
+    return w, 0.0, t, info

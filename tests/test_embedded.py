@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -120,7 +121,7 @@ def test_train_save_load_round_trip(tmp_path: Path) -> None:
     from intent.training import train
 
     examples = load(TRAIN).examples[::5]  # 128 rows keep the test quick
-    model = train(examples, folds=2, c_grid=(10.0,), pair_c_grid=(1.0,))
+    model = train(examples, folds=2, c_grid=(10.0,), pair_l2_grid=(0.001,))
     path = tmp_path / "m.json"
     model.save(path)
     loaded = EmbeddedModel.load(path)
@@ -143,14 +144,14 @@ def test_bad_artefacts_are_refused(tmp_path: Path) -> None:
         EmbeddedModel.load(tmp_path / "missing.json")
 
 
-def _eval(*args: str) -> subprocess.CompletedProcess[str]:
+def _eval(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "intent", "eval", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -168,3 +169,63 @@ def test_ci_baseline_check_of_the_shipped_model(tmp_path: Path) -> None:
     (tmp_path / "strict.json").write_text(json.dumps(stricter))
     res = _eval(str(TEST), "--json", "--baseline", str(tmp_path / "strict.json"))
     assert res.returncode == 1 and "regression: noop F1" in res.stderr
+
+
+def test_eval_plots_or_says_why_not(tmp_path: Path) -> None:
+    from intent import plots
+
+    res = _eval(str(TEST), "--limit", "40", "--json", "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    written = json.loads(res.stdout)["plots"]
+    if plots.available():
+        names = sorted(Path(p).name for p in written)
+        assert names == ["confusion.png", "latency_cdf.png", "reliability.png"]
+        assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    else:
+        assert written == [] and "--plot skipped: matplotlib is not installed" in res.stderr
+
+
+def test_eval_compare_and_saved_predictions(tmp_path: Path) -> None:
+    preds = tmp_path / "preds.jsonl"
+    res = _eval(str(TEST), "--limit", "30", "--json", "--save-predictions", str(preds))
+    assert res.returncode == 0, res.stderr
+    assert len(preds.read_text().splitlines()) == 30
+    # comparing a run with its own predictions: full agreement, zero deltas
+    res = _eval(str(TEST), "--limit", "30", "--json", "--compare", str(preds))
+    cmp = json.loads(res.stdout)["compare"]
+    assert cmp["rows"] == 30 and cmp["agreement"] == 1.0
+    assert set(cmp["per_action_f1_delta"].values()) == {0.0}
+    # the gold file itself as "another run": agreement equals this run's decision accuracy
+    res = _eval(str(TEST), "--limit", "30", "--json", "--compare", str(TEST))
+    rep = json.loads(res.stdout)
+    assert rep["compare"]["agreement"] == rep["decision_accuracy"]
+
+
+def test_eval_cascade_and_sglang_against_the_stand_in_server() -> None:
+    """Other tiers come from the router's factory; the stand-in is keyword rules, not a model."""
+    from tests.test_intent_cli import free_port, wait_healthy
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "orchestrator", "intent", "stub-server", "--port", str(port), "--latency-ms", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(url, proc)
+        env = {"SRAQ_INTENT_TIERS": "embedded,sglang", "SRAQ_SGLANG_URL": url}
+        res = _eval(str(TEST), "--backend", "cascade", "--limit", "40", "--json", env=env)
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["rows"] == 40 and rep["valid_rate"] == 1.0
+        assert 0.0 <= rep["escalation_rate"] <= 1.0
+        assert "embedded" in rep["latency_by_tier"]
+        if rep["escalation_rate"] > 0:
+            assert "sglang" in rep["latency_by_tier"]
+        res = _eval(str(TEST), "--backend", "sglang", "--limit", "10", "--json", env={"SRAQ_SGLANG_URL": url})
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["escalation_rate"] is None and set(rep["latency_by_tier"]) == {"sglang"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    res = _eval(str(TEST), "--backend", "cascade", "--limit", "1", env={"SRAQ_INTENT_TIERS": "embedded,nope"})
+    assert res.returncode == 2 and res.stderr.startswith("sraq: cannot build backend 'cascade'")

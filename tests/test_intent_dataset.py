@@ -13,7 +13,8 @@ import pytest
 
 from intent import Action, CancelTask, ChatMessage, Noop, Reply, StartTask, TaskInfo, UpdateTask
 from intent.dataset import Example, load
-from intent.export import export_rows
+from intent.export import PromptLayout, export_rows
+from intent.prompt import OutputFormat, instructions
 from intent.splits import dataset_stats, stratified_folds, stratified_split
 
 TASKS = [
@@ -174,21 +175,33 @@ def test_stratified_split_is_balanced_disjoint_and_deterministic() -> None:
         assert max(per_fold.values()) - min(per_fold.values()) <= 1
 
 
+@pytest.mark.parametrize("layout", ["project", "reference"])
 @pytest.mark.parametrize("output_format", ["call", "json"])
-def test_export_round_trip(tmp_path: Path, output_format: str) -> None:
+def test_export_round_trip(tmp_path: Path, output_format: str, layout: str) -> None:
     src = load(write_jsonl(tmp_path / "src.jsonl", [FULL, FINETUNE, dict(FULL, id="x-2", reasoning=None)]))
     out = tmp_path / "out.jsonl"
-    fmt = "json" if output_format == "json" else "call"
-    out.write_text("".join(json.dumps(r) + "\n" for r in export_rows(src.examples, fmt)), "utf-8")
+    fmt: OutputFormat = "json" if output_format == "json" else "call"
+    lay: PromptLayout = "project" if layout == "project" else "reference"
+    out.write_text("".join(json.dumps(r) + "\n" for r in export_rows(src.examples, fmt, layout=lay)), "utf-8")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(set(r) >= {"id", "messages"} and "final" not in r and "tasks" not in r for r in rows)
-    assert rows[0]["messages"][0]["role"] == "system" and "## Ongoing tasks:" in rows[0]["messages"][0]["content"]
+    first = rows[0]["messages"]
+    assert first[0]["role"] == "system"
+    if layout == "reference":
+        assert "## Ongoing tasks:" in first[0]["content"] and len(first) == 2 + len(FULL["messages"])
+    else:  # the tiers' own prompt: fixed instructions, then ledger + transcript in one user message
+        assert first[0]["content"] == instructions(fmt) and [m["role"] for m in first] == [
+            "system",
+            "user",
+            "assistant",
+        ]
+        assert "task-9 [running] Find train Lisbon -> Porto" in first[1]["content"]
     assert rows[0]["messages"][-1]["thinking"] == FULL["reasoning"]
     assert "thinking" not in rows[2]["messages"][-1]
     final = rows[0]["messages"][-1]["content"]
     assert final.startswith("{") if fmt == "json" else final.startswith("update_task(task-9, ")
     back = load(out)
-    assert back.ok
+    assert back.ok, back.issues
     for a, b in zip(src.examples, back.examples, strict=True):
         assert (a.transcript, a.tasks, a.expected, a.reasoning) == (b.transcript, b.tasks, b.expected, b.reasoning)
     assert back.examples[0].id == "travel-017" and back.examples[0].meta["domain"] == "travel"

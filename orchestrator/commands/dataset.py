@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from intent.dataset import LoadResult, load
-from intent.export import export_rows
-from intent.prompt_basic import OutputFormat
+from intent.export import PromptLayout, export_rows
+from intent.prompt import OutputFormat
 from intent.splits import dataset_stats, duplicate_warnings, stratified_split
 from orchestrator.commands.common import fail, print_json
 
@@ -141,20 +141,29 @@ def split_cmd(
     help="How the assistant's final decision is written.",
 )
 @click.option(
+    "--prompt",
+    "layout",
+    type=click.Choice(["project", "reference"]),
+    default="project",
+    show_default=True,
+    help="project: the tiers' own prompt (intent.prompt); reference: system message + '## Ongoing tasks:' JSON.",
+)
+@click.option(
     "--thinking/--no-thinking",
     default=True,
     show_default=True,
     help="Put the row's reasoning in the assistant message's 'thinking' field.",
 )
-def export_cmd(data: Path, output: Path, output_format: str, thinking: bool) -> None:
+def export_cmd(data: Path, output: Path, output_format: str, layout: str, thinking: bool) -> None:
     """Chat fine-tuning JSONL ({"messages": [...]}) with the decision prompt, for any SFT/LoRA stack.
 
     Example: sraq dataset export data/train.jsonl -o build/train_chat.jsonl --format json
     """
     result = load_or_fail([data])
     fmt: OutputFormat = "json" if output_format == "json" else "call"
+    prompt_layout: PromptLayout = "reference" if layout == "reference" else "project"
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
-        for row in export_rows(result.examples, fmt, thinking=thinking):
+        for row in export_rows(result.examples, fmt, thinking=thinking, layout=prompt_layout):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     click.echo(f"wrote {len(result.examples)} row(s) to {output}", err=True)

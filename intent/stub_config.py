@@ -52,5 +52,6 @@ class StubConfig(msgspec.Struct, frozen=True, kw_only=True):
     low_confidence_rate: float = 0.0  # same decision, top probability ~0.45
     chat_logprobs: Literal["yes", "null", "reject"] = "yes"  # what /v1/chat/completions does with logprobs
     brain: Literal["keywords", "embedded"] = "keywords"  # keyword rules, or the embedded CPU tier
+    incremental_streaming: bool = False  # like SGLang's --incremental-streaming-output (delta chunks)
     hang_s: float = 3600.0
     seed: int = 0

@@ -212,13 +212,14 @@ class StubServer:
         await resp.prepare(request)
         n = len(gen.tokens)
         per_token = latency * 0.7 / max(n, 1)  # the first 30% is prefill (time to first token)
-        for end in range(interval, n + interval, interval):
-            end = min(end, n)
+        sent = 0
+        while sent < n:
+            end = min(sent + interval, n)
             due = gen.t0 + latency * 0.3 + per_token * end  # absolute schedule: sleeps do not drift
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await resp.write(b"data: " + msgspec.json.encode(gen.chunk(end, final=end == n)) + b"\n\n")
-            if end == n:
-                break
+            chunk = gen.chunk(end, final=end == n, start=sent if self.config.incremental_streaming else 0)
+            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            sent = end
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -297,7 +298,8 @@ class _Gen(msgspec.Struct, kw_only=True):
     finish: Json
     t0: float
 
-    def chunk(self, end: int, final: bool) -> Json:
+    def chunk(self, end: int, final: bool, start: int = 0) -> Json:
+        """Tokens ``[start:end)`` (start > 0: an incremental chunk), counts always cumulative."""
         meta: Json = {
             "id": self.rid,
             "finish_reason": self.finish if final else None,
@@ -308,15 +310,15 @@ class _Gen(msgspec.Struct, kw_only=True):
         }
         if self.logprobs:
             meta["input_token_logprobs"] = []
-            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[:end]]
+            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[start:end]]
             if self.tops is not None:
                 meta["input_top_logprobs"] = []
-                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[:end]]
+                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[start:end]]
         if final:
             meta["e2e_latency"] = time.perf_counter() - self.t0
         return {
-            "text": "".join(self.tokens[:end]),
-            "output_ids": [token_id(t) for t in self.tokens[:end]],
+            "text": "".join(self.tokens[start:end]),
+            "output_ids": [token_id(t) for t in self.tokens[start:end]],
             "meta_info": meta,
         }
 

@@ -160,8 +160,9 @@ async def test_grammar_is_honoured_end_to_end(ids: list[str], text: str, fmt: st
     assert validate(intent, ids) == intent  # parses, and names an open task when it names one
 
 
-async def test_streaming_reports_an_early_decision() -> None:
-    slow = StubConfig(latency=Latency(kind="fixed", a=400.0))
+@pytest.mark.parametrize("incremental", [False, True])
+async def test_streaming_reports_an_early_decision(incremental: bool) -> None:
+    slow = StubConfig(latency=Latency(kind="fixed", a=400.0), incremental_streaming=incremental)
     seen: list[EarlyDecision] = []
     long_text = "actually only direct flights to Porto, " + "and a window seat if there is any left " * 4
     async with running(slow) as url:

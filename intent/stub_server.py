@@ -18,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET
 
+from intent import stub_wire as wire
 from intent.confidence import TokenCandidate
 from intent.contract import Action
 from intent.prompt import parse_rendered
@@ -46,58 +47,14 @@ from intent.stub_brain import (
     token_id,
     tokenize,
 )
+from intent.stub_config import Latency, StubConfig
 from intent.stub_validate import ContractError, RequestError, check_chat, check_generate
 
-Json = dict[str, Any]
+__all__ = ["Latency", "StubConfig", "StubServer", "running", "serve"]
+
+Json = dict[str, Any]  # raw request JSON, before validation (responses are typed: intent.stub_wire)
 PAGE = 16
 CACHE_PAGES = 50_000
-
-
-class Latency(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-request latency: ``fixed`` (a ms), ``uniform`` (a..b ms) or ``lognormal`` (median a ms, sigma b)."""
-
-    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    a: float = 150.0
-    b: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str) -> Latency:
-        """``150`` · ``uniform:2000:12000`` · ``lognormal:150:0.3``."""
-        parts = spec.split(":")
-        try:
-            if len(parts) == 1:
-                return cls(kind="fixed", a=float(parts[0]))
-            if parts[0] in ("uniform", "lognormal") and len(parts) == 3:
-                return cls(kind=parts[0], a=float(parts[1]), b=float(parts[2]))  # type: ignore[arg-type]
-        except ValueError:
-            pass
-        raise ValueError(f"bad latency spec {spec!r}: use 150, uniform:2000:12000 or lognormal:150:0.3")
-
-    def sample(self, rng: random.Random) -> float:
-        """Seconds."""
-        match self.kind:
-            case "fixed":
-                ms = self.a
-            case "uniform":
-                ms = rng.uniform(self.a, self.b)
-            case _:
-                ms = self.a * math.exp(rng.gauss(0.0, self.b))
-        return max(ms, 0.0) / 1000
-
-
-class StubConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Behaviour of one stand-in server."""
-
-    model_path: str = "sraq/stub-gpt-oss"
-    latency: Latency = msgspec.field(default_factory=Latency)
-    error_rate: float = 0.0  # HTTP 500
-    timeout_rate: float = 0.0  # hang (the client's deadline fires)
-    malformed_rate: float = 0.0  # output that violates the grammar / does not parse
-    low_confidence_rate: float = 0.0  # same decision, top probability ~0.45
-    chat_logprobs: Literal["yes", "null", "reject"] = "yes"  # what /v1/chat/completions does with logprobs
-    brain: Literal["keywords", "embedded"] = "keywords"  # keyword rules, or the embedded CPU tier
-    hang_s: float = 3600.0
-    seed: int = 0
 
 
 class StubServer:
@@ -134,29 +91,11 @@ class StubServer:
         return web.Response(status=200 if self.ready else 503)
 
     async def model_info(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "model_path": self.config.model_path,
-                "served_model_name": self.config.model_path,
-                "tokenizer_path": self.config.model_path,
-                "is_generation": True,
-                "preferred_sampling_params": None,
-                "weight_version": "default",
-                "load_format": "stub",
-                "reasoning_parser": None,
-                "tool_call_parser": None,
-                "disaggregation_mode": "null",
-                "has_image_understanding": False,
-                "has_audio_understanding": False,
-                "model_type": "gpt_oss",
-                "architectures": ["GptOssForCausalLM"],
-                "stand_in": "sraq stub server: keyword rules, not a model",
-            }
-        )
+        path = self.config.model_path
+        return _json(wire.ModelInfoBody(model_path=path, served_model_name=path, tokenizer_path=path))
 
     async def models(self, _request: web.Request) -> web.Response:
-        data = [{"id": self.config.model_path, "object": "model", "created": 0, "owned_by": "sglang"}]
-        return web.json_response({"object": "list", "data": data})
+        return _json(wire.ModelList(data=[wire.ModelCard(id=self.config.model_path)]))
 
     # -- shared ------------------------------------------------------------------------------------
     def _cached(self, prompt_tokens: list[str]) -> int:
@@ -211,11 +150,11 @@ class StubServer:
         try:
             params = check_generate(body)
         except ContractError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return _json(wire.GateError(str(exc)), 400)
         except RequestError as exc:
             if body.get("stream") is True:
                 return await _stream_error(request, str(exc))
-            return web.json_response({"error": {"message": str(exc)}}, status=400)
+            return _json(wire.ValueErrorBody(wire.Detail(message=str(exc))), 400)
         error, hang, malformed, low = self._faults()
         latency = self.config.latency.sample(self.rng)
         if error:
@@ -230,10 +169,10 @@ class StubServer:
         top_n = int(body.get("top_logprobs_num") or 0)
         tokens, chosen, tops = synth_logprobs(out, choice, grammar, max(top_n, 1))
         max_new = int(params.get("max_new_tokens", 128))
-        finish: Json = {"type": "stop", "matched": RETURN_TOKEN_ID}
+        finish = wire.Finish(type="stop", matched=RETURN_TOKEN_ID)
         if len(tokens) > max_new:
             tokens, chosen, tops = tokens[:max_new], chosen[:max_new], tops[:max_new]
-            finish = {"type": "length", "length": max_new}
+            finish = wire.Finish(type="length", length=max_new)
         cached = self._cached(prompt_tokens)
         gen = _Gen(
             rid=str(body.get("rid") or uuid.uuid4().hex),
@@ -257,13 +196,14 @@ class StubServer:
         await resp.prepare(request)
         n = len(gen.tokens)
         per_token = latency * 0.7 / max(n, 1)  # the first 30% is prefill (time to first token)
-        for end in range(interval, n + interval, interval):
-            end = min(end, n)
+        sent = 0
+        while sent < n:
+            end = min(sent + interval, n)
             due = gen.t0 + latency * 0.3 + per_token * end  # absolute schedule: sleeps do not drift
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await resp.write(b"data: " + msgspec.json.encode(gen.chunk(end, final=end == n)) + b"\n\n")
-            if end == n:
-                break
+            chunk = gen.chunk(end, final=end == n, start=sent if self.config.incremental_streaming else 0)
+            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            sent = end
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -300,31 +240,25 @@ class StubServer:
         logprobs = None
         if want_logprobs and self.config.chat_logprobs == "yes":
             k = int(body.get("top_logprobs") or 0)
-            logprobs = {"content": [_chat_lp(c, top[:k]) for c, top in zip(chosen, tops, strict=True)]}
+            content = [wire.token_logprob(c, top[:k]) for c, top in zip(chosen, tops, strict=True)]
+            logprobs = wire.ChoiceLogprobs(content=content)
         await asyncio.sleep(max(0.0, latency - (time.perf_counter() - t0)))
+        usage = wire.Usage(
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=len(tokens),
+            total_tokens=len(prompt_tokens) + len(tokens),
+            prompt_tokens_details=wire.PromptDetails(cached_tokens=cached),
+        )
         return _json(
-            {
-                "id": uuid.uuid4().hex,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": str(body.get("model") or "default"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": out, "reasoning_content": None},
-                        "logprobs": logprobs,
-                        "finish_reason": "stop",
-                        "matched_stop": RETURN_TOKEN_ID,
-                    }
+            wire.ChatCompletion(
+                id=uuid.uuid4().hex,
+                created=int(time.time()),
+                model=str(body.get("model") or "default"),
+                choices=[
+                    wire.Choice(message=wire.Message(content=out), logprobs=logprobs, matched_stop=RETURN_TOKEN_ID)
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt_tokens),
-                    "completion_tokens": len(tokens),
-                    "total_tokens": len(prompt_tokens) + len(tokens),
-                    "prompt_tokens_details": {"cached_tokens": cached},
-                    "reasoning_tokens": 0,
-                },
-            }
+                usage=usage,
+            )
         )
 
 
@@ -339,37 +273,35 @@ class _Gen(msgspec.Struct, kw_only=True):
     with_text: bool
     prompt_tokens: int
     cached: int
-    finish: Json
+    finish: wire.Finish
     t0: float
 
-    def chunk(self, end: int, final: bool) -> Json:
-        meta: Json = {
-            "id": self.rid,
-            "finish_reason": self.finish if final else None,
-            "prompt_tokens": self.prompt_tokens,
-            "weight_version": "default",
-            "completion_tokens": end,
-            "cached_tokens": self.cached,
-        }
-        if self.logprobs:
-            meta["input_token_logprobs"] = []
-            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[:end]]
-            if self.tops is not None:
-                meta["input_top_logprobs"] = []
-                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[:end]]
-        if final:
-            meta["e2e_latency"] = time.perf_counter() - self.t0
-        return {
-            "text": "".join(self.tokens[:end]),
-            "output_ids": [token_id(t) for t in self.tokens[:end]],
-            "meta_info": meta,
-        }
+    def chunk(self, end: int, final: bool, start: int = 0) -> wire.Generated:
+        """Tokens ``[start:end)`` (start > 0: an incremental chunk), counts always cumulative."""
+        meta = wire.Meta(
+            id=self.rid,
+            finish_reason=self.finish if final else None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=end,
+            cached_tokens=self.cached,
+            e2e_latency=time.perf_counter() - self.t0 if final else UNSET,
+            input_token_logprobs=[] if self.logprobs else UNSET,
+            output_token_logprobs=[self._triple(c) for c in self.chosen[start:end]] if self.logprobs else UNSET,
+            input_top_logprobs=[] if self.logprobs and self.tops is not None else UNSET,
+            output_top_logprobs=(
+                [[self._triple(c) for c in top] for top in self.tops[start:end]]
+                if self.logprobs and self.tops is not None
+                else UNSET
+            ),
+        )
+        tokens = self.tokens[start:end]
+        return wire.Generated(text="".join(tokens), output_ids=[token_id(t) for t in tokens], meta_info=meta)
 
-    def _triple(self, c: TokenCandidate) -> list[Any]:
-        return [c.logprob, c.token_id, c.text if self.with_text else None]
+    def _triple(self, c: TokenCandidate) -> TokenCandidate:
+        return c if self.with_text else TokenCandidate(c.logprob, c.token_id, None)
 
 
-def _json(body: Json, status: int = 200) -> web.Response:
+def _json(body: msgspec.Struct, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
@@ -390,26 +322,16 @@ def _malform(out: str, choice: Choice, grammar: Grammar, rng: random.Random) -> 
     return out[: max(1, len(out) // 2)]
 
 
-def _chat_lp(c: TokenCandidate, top: list[TokenCandidate]) -> Json:
-    def one(x: TokenCandidate) -> Json:
-        text = x.text or ""
-        return {"token": text, "bytes": list(text.encode()), "logprob": x.logprob}
-
-    return {**one(c), "top_logprobs": [one(x) for x in top]}
-
-
 def _openai_error(message: str, code: int, kind: str) -> web.Response:
-    return web.json_response(
-        {"object": "error", "message": message, "type": kind, "param": None, "code": code}, status=code
-    )
+    return _json(wire.OpenAIErrorBody(message=message, type=kind, code=code), code)
 
 
 async def _stream_error(request: web.Request, message: str) -> web.StreamResponse:
     """A ValueError raised after the 200 header: one error event, then ``[DONE]`` (SGLang 0.5.23)."""
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    err = {"error": {"message": message, "type": "invalid_request_error", "code": 400, "retryable": False}}
-    await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+    err = wire.ValueErrorBody(wire.Detail(message=message, type="invalid_request_error", code=400, retryable=False))
+    await resp.write(b"data: " + msgspec.json.encode(err) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
@@ -417,13 +339,17 @@ async def _stream_error(request: web.Request, message: str) -> web.StreamRespons
 
 @contextlib.asynccontextmanager
 async def running(
-    config: StubConfig | None = None, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 0.25
+    config: StubConfig | StubServer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 0.25,
 ) -> AsyncIterator[str]:
     """Serve a stand-in server in the current event loop; yields its base URL (port 0: a free port).
 
-    On exit, requests still hanging (injected timeouts) are cancelled after ``shutdown_timeout``.
+    Pass a :class:`StubServer` to inspect it afterwards (``requests``). On exit, requests still hanging
+    (injected timeouts) are cancelled after ``shutdown_timeout``.
     """
-    server = StubServer(config)
+    server = config if isinstance(config, StubServer) else StubServer(config)
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

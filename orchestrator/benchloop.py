@@ -141,8 +141,8 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     try:
         await orch.start()
         publisher = Publisher(redis, keys)
-        tick = 0.01
-        per_tick = max(1, round(cfg.rate * tick))
+        per_tick = max(1, round(cfg.rate * 0.01))  # ~10 ms ticks; at low rates one turn a tick
+        tick = per_tick / cfg.rate
         started = time.perf_counter()
         sent = 0
         while sent < n:

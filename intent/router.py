@@ -120,6 +120,36 @@ class Router:
         }
 
     async def decide(self, request: DecisionRequest) -> Decision:
+        if all(t.hedge_after_s is None for t in self.tiers):
+            return await self._decide_sequential(request)
+        return await self._decide_hedged(request)
+
+    def _sub_request(self, tier: Tier, request: DecisionRequest) -> DecisionRequest:
+        deadline = time.monotonic() + tier.deadline_s
+        if request.deadline is not None:
+            deadline = min(deadline, request.deadline)
+        return msgspec.structs.replace(request, deadline=deadline)
+
+    async def _decide_sequential(self, request: DecisionRequest) -> Decision:
+        """The common case (no hedging): ask the tiers one after another, inline (no extra tasks)."""
+        t0 = time.perf_counter()
+        path: list[TierAttempt] = []
+        for tier in self.tiers:
+            start = time.perf_counter()
+            try:
+                result: Decision | BaseException = await self._ask(tier, self._sub_request(tier, request))
+            except Exception as exc:
+                result = exc
+            attempt, decision = self._judge(tier, result, start)
+            path.append(attempt)
+            if decision is not None:
+                self._record(path, accepted=tier.name)
+                return msgspec.structs.replace(decision, path=tuple(path), latency_ms=(time.perf_counter() - t0) * 1000)
+        self._record(path, accepted=None)
+        raise Undecided(f"no tier accepted ({'; '.join(f'{a.tier}: {a.outcome}' for a in path)})", path)
+
+    async def _decide_hedged(self, request: DecisionRequest) -> Decision:
+        """Tiers as tasks, so a slow tier can be hedged by starting the next one in parallel."""
         t0 = time.perf_counter()
         path: list[TierAttempt] = []
         running: dict[asyncio.Task[Decision], int] = {}
@@ -130,10 +160,7 @@ class Router:
             nonlocal next_tier
             i, next_tier = next_tier, next_tier + 1
             tier = self.tiers[i]
-            deadline = time.monotonic() + tier.deadline_s
-            if request.deadline is not None:
-                deadline = min(deadline, request.deadline)
-            sub = msgspec.structs.replace(request, deadline=deadline)
+            sub = self._sub_request(tier, request)
             task = asyncio.create_task(self._ask(tier, sub), name=f"sraq-router-{tier.name}-{request.turn_id}")
             running[task] = i
             started[i] = time.perf_counter()
@@ -147,7 +174,8 @@ class Router:
                     continue
                 for task in sorted(done, key=running.__getitem__):
                     i = running.pop(task)
-                    attempt, decision = self._judge(self.tiers[i], task, started[i])
+                    result = task.exception() or task.result()
+                    attempt, decision = self._judge(self.tiers[i], result, started[i])
                     path.append(attempt)
                     if decision is not None:
                         await self._cancel(running, started, path)
@@ -196,13 +224,13 @@ class Router:
         async with asyncio.timeout(left):  # the backend enforces it too; this is the router's guarantee
             return await tier.backend.decide(request)
 
-    def _judge(self, tier: Tier, task: asyncio.Task[Decision], start: float) -> tuple[TierAttempt, Decision | None]:
+    def _judge(self, tier: Tier, result: Decision | BaseException, start: float) -> tuple[TierAttempt, Decision | None]:
+        """Classify one tier's answer (or failure) into a path step; the decision when accepted."""
         latency_ms = (time.perf_counter() - start) * 1000
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, Exception):
-            raise exc  # KeyboardInterrupt and friends are not a tier's failure
-        if exc is None:
-            decision = task.result()
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # KeyboardInterrupt and friends are not a tier's failure
+        if isinstance(result, Decision):
+            decision = result
             ok = decision.confidence >= tier.threshold
             attempt = TierAttempt(
                 tier=tier.name,
@@ -213,6 +241,7 @@ class Router:
                 detail=None if ok else decision.raw[:_RAW_KEPT],
             )
             return attempt, decision if ok else None
+        exc = result
         match exc:
             case InvalidDecision():
                 outcome, detail = "invalid", f"{exc.reason}; raw={(exc.raw or '')[:_RAW_KEPT]!r}"

@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -46,58 +45,14 @@ from intent.stub_brain import (
     token_id,
     tokenize,
 )
+from intent.stub_config import Latency, StubConfig
 from intent.stub_validate import ContractError, RequestError, check_chat, check_generate
+
+__all__ = ["Latency", "StubConfig", "StubServer", "running", "serve"]
 
 Json = dict[str, Any]
 PAGE = 16
 CACHE_PAGES = 50_000
-
-
-class Latency(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-request latency: ``fixed`` (a ms), ``uniform`` (a..b ms) or ``lognormal`` (median a ms, sigma b)."""
-
-    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    a: float = 150.0
-    b: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str) -> Latency:
-        """``150`` · ``uniform:2000:12000`` · ``lognormal:150:0.3``."""
-        parts = spec.split(":")
-        try:
-            if len(parts) == 1:
-                return cls(kind="fixed", a=float(parts[0]))
-            if parts[0] in ("uniform", "lognormal") and len(parts) == 3:
-                return cls(kind=parts[0], a=float(parts[1]), b=float(parts[2]))  # type: ignore[arg-type]
-        except ValueError:
-            pass
-        raise ValueError(f"bad latency spec {spec!r}: use 150, uniform:2000:12000 or lognormal:150:0.3")
-
-    def sample(self, rng: random.Random) -> float:
-        """Seconds."""
-        match self.kind:
-            case "fixed":
-                ms = self.a
-            case "uniform":
-                ms = rng.uniform(self.a, self.b)
-            case _:
-                ms = self.a * math.exp(rng.gauss(0.0, self.b))
-        return max(ms, 0.0) / 1000
-
-
-class StubConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Behaviour of one stand-in server."""
-
-    model_path: str = "sraq/stub-gpt-oss"
-    latency: Latency = msgspec.field(default_factory=Latency)
-    error_rate: float = 0.0  # HTTP 500
-    timeout_rate: float = 0.0  # hang (the client's deadline fires)
-    malformed_rate: float = 0.0  # output that violates the grammar / does not parse
-    low_confidence_rate: float = 0.0  # same decision, top probability ~0.45
-    chat_logprobs: Literal["yes", "null", "reject"] = "yes"  # what /v1/chat/completions does with logprobs
-    brain: Literal["keywords", "embedded"] = "keywords"  # keyword rules, or the embedded CPU tier
-    hang_s: float = 3600.0
-    seed: int = 0
 
 
 class StubServer:
@@ -257,13 +212,14 @@ class StubServer:
         await resp.prepare(request)
         n = len(gen.tokens)
         per_token = latency * 0.7 / max(n, 1)  # the first 30% is prefill (time to first token)
-        for end in range(interval, n + interval, interval):
-            end = min(end, n)
+        sent = 0
+        while sent < n:
+            end = min(sent + interval, n)
             due = gen.t0 + latency * 0.3 + per_token * end  # absolute schedule: sleeps do not drift
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await resp.write(b"data: " + msgspec.json.encode(gen.chunk(end, final=end == n)) + b"\n\n")
-            if end == n:
-                break
+            chunk = gen.chunk(end, final=end == n, start=sent if self.config.incremental_streaming else 0)
+            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            sent = end
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -342,7 +298,8 @@ class _Gen(msgspec.Struct, kw_only=True):
     finish: Json
     t0: float
 
-    def chunk(self, end: int, final: bool) -> Json:
+    def chunk(self, end: int, final: bool, start: int = 0) -> Json:
+        """Tokens ``[start:end)`` (start > 0: an incremental chunk), counts always cumulative."""
         meta: Json = {
             "id": self.rid,
             "finish_reason": self.finish if final else None,
@@ -353,15 +310,15 @@ class _Gen(msgspec.Struct, kw_only=True):
         }
         if self.logprobs:
             meta["input_token_logprobs"] = []
-            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[:end]]
+            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[start:end]]
             if self.tops is not None:
                 meta["input_top_logprobs"] = []
-                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[:end]]
+                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[start:end]]
         if final:
             meta["e2e_latency"] = time.perf_counter() - self.t0
         return {
-            "text": "".join(self.tokens[:end]),
-            "output_ids": [token_id(t) for t in self.tokens[:end]],
+            "text": "".join(self.tokens[start:end]),
+            "output_ids": [token_id(t) for t in self.tokens[start:end]],
             "meta_info": meta,
         }
 
@@ -417,13 +374,17 @@ async def _stream_error(request: web.Request, message: str) -> web.StreamRespons
 
 @contextlib.asynccontextmanager
 async def running(
-    config: StubConfig | None = None, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 0.25
+    config: StubConfig | StubServer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 0.25,
 ) -> AsyncIterator[str]:
     """Serve a stand-in server in the current event loop; yields its base URL (port 0: a free port).
 
-    On exit, requests still hanging (injected timeouts) are cancelled after ``shutdown_timeout``.
+    Pass a :class:`StubServer` to inspect it afterwards (``requests``). On exit, requests still hanging
+    (injected timeouts) are cancelled after ``shutdown_timeout``.
     """
-    server = StubServer(config)
+    server = config if isinstance(config, StubServer) else StubServer(config)
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

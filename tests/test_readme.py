@@ -30,3 +30,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_cmd = readme_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd in [line.strip() for line in ci if not line.strip().startswith("#")]
+
+
+def test_readme_documents_every_setting_and_interface_variable() -> None:
+    from orchestrator.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`SRAQ_{name.upper()}`" in readme, f"SRAQ_{name.upper()} is not in the README's table"
+    interfaces = ROOT.parent / "shared" / "INTERFACES.md"
+    if interfaces.exists():
+        for var in set(re.findall(r"`(SRAQ_[A-Z_]+)`", interfaces.read_text())):
+            assert f"`{var}`" in readme, f"{var} (INTERFACES.md) is not documented in the README"

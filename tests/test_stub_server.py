@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from intent.backend import DecisionRequest
+from intent.backend import BackendError, DecisionRequest
 from intent.constraints import ebnf, json_schema
 from intent.contract import ChatMessage, TaskInfo, validate
 from intent.sglang import EarlyDecision, SGLangBackend, SGLangConfig
 from intent.sglang_wire import response_decoder
-from intent.stub_server import Latency, StubConfig, running
+from intent.stub_server import Latency, StubConfig, StubServer, running
 from intent.wire import parse_call, parse_json
 from tests.intent_helpers import fast, request
 
@@ -160,8 +160,9 @@ async def test_grammar_is_honoured_end_to_end(ids: list[str], text: str, fmt: st
     assert validate(intent, ids) == intent  # parses, and names an open task when it names one
 
 
-async def test_streaming_reports_an_early_decision() -> None:
-    slow = StubConfig(latency=Latency(kind="fixed", a=400.0))
+@pytest.mark.parametrize("incremental", [False, True])
+async def test_streaming_reports_an_early_decision(incremental: bool) -> None:
+    slow = StubConfig(latency=Latency(kind="fixed", a=400.0), incremental_streaming=incremental)
     seen: list[EarlyDecision] = []
     long_text = "actually only direct flights to Porto, " + "and a window seat if there is any left " * 4
     async with running(slow) as url:
@@ -200,5 +201,17 @@ async def test_embedded_brain_honours_the_grammar() -> None:
                 d = await backend.decide(request(text))
                 assert validate(d.intent, ["task-1", "task-2"]) == d.intent
                 assert 0.0 < d.confidence <= 1.0
+        finally:
+            await backend.aclose()
+
+
+async def test_sglang_retries_5xx_only_within_the_deadline() -> None:
+    server = StubServer(fast(error_rate=1.0))
+    async with running(server) as url:
+        backend = SGLangBackend(SGLangConfig(url=url, max_attempts=3))
+        try:
+            with pytest.raises(BackendError) as info:
+                await backend.decide(request("hello", deadline_s=2.0))
+            assert "HTTP 500" in str(info.value) and server.requests == 3
         finally:
             await backend.aclose()

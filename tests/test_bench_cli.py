@@ -1,0 +1,73 @@
+"""Every ``sraq bench`` command runs through its real entry point and prints the INTERFACES.md keys.
+
+These are smoke runs with tiny sizes: the numbers are printed by the benchmarks, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sraq_json(redis_url: str, *args: str, timeout: float = 100) -> dict[str, object]:
+    env = {**os.environ, "SRAQ_REDIS_URL": redis_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args, "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(out, dict)
+    return out
+
+
+def _pcts(value: object, *names: str) -> None:
+    assert isinstance(value, dict)
+    for name in names:
+        assert isinstance(value[name], int | float) and value[name] >= 0
+
+
+def test_bench_apply(redis_url: str) -> None:
+    out = sraq_json(redis_url, "bench", "apply", "-n", "200", "--conversations", "5")
+    assert out["applies"] == 200
+    _pcts(out["apply_ms"], "p50", "p99")
+
+
+@pytest.mark.timeout(150)
+def test_bench_loop(redis_url: str) -> None:
+    out = sraq_json(
+        redis_url, "bench", "loop", "--turns", "400", "--conversations", "20", "--rate", "100", "--seconds", "1"
+    )
+    assert out["turns"] == 400 and out["conversations"] == 20
+    for key in ("throughput_turns_per_s", "floor_turns_per_s", "ratio_to_floor"):
+        assert isinstance(out[key], float) and out[key] > 0
+    _pcts(out["overhead_ms"], "p50", "p99")
+
+
+@pytest.mark.timeout(150)
+def test_bench_handoff(redis_url: str) -> None:
+    out = sraq_json(redis_url, "bench", "handoff", "-n", "5", "--workers", "2", timeout=140)
+    assert out["workers"] == 2
+    _pcts(out["handoff_ms"], "p50", "p99")
+    _pcts(out["cancel_ms"], "p50", "p99")
+
+
+@pytest.mark.timeout(150)
+def test_bench_router(redis_url: str) -> None:
+    out = sraq_json(
+        redis_url, "bench", "router", "--conversations", "5", "--turns", "4", "--student-ms", "20",
+        "--teacher-ms", "50", timeout=140,
+    )  # fmt: skip
+    _pcts(out["decision_ms"], "p50", "p99")
+    _pcts(out["router_overhead_ms"], "p50", "p99")
+    cascade = out["cascade"]
+    assert isinstance(cascade, dict)
+    _pcts(cascade["decision_ms"], "p50", "p99")
+    assert 0 <= cascade["escalation_rate"] <= 1

@@ -47,7 +47,7 @@ def conversations(run_id: str) -> list[Conversation]:
             id=f"demo-{run_id}-trip",
             title="travel (voice)",
             steps=(
-                Say("hi there, good morning!", "reply", "voice"),
+                Say("hello, what can you do for me?", "reply", "voice"),
                 Say("can you find me flights from Lisbon to Berlin for next Friday", "start_task", "voice"),
                 Say("and also look for a hotel near Alexanderplatz for two nights", "start_task", "voice"),
                 WaitTask("task-1", RUNNING),

@@ -27,7 +27,9 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET
 
+from intent import stub_wire as wire
 from intent.confidence import TokenCandidate
 from intent.contract import Action
 from intent.prompt import parse_rendered
@@ -50,7 +52,7 @@ from intent.stub_validate import ContractError, RequestError, check_chat, check_
 
 __all__ = ["Latency", "StubConfig", "StubServer", "running", "serve"]
 
-Json = dict[str, Any]
+Json = dict[str, Any]  # raw request JSON, before validation (responses are typed: intent.stub_wire)
 PAGE = 16
 CACHE_PAGES = 50_000
 
@@ -89,29 +91,11 @@ class StubServer:
         return web.Response(status=200 if self.ready else 503)
 
     async def model_info(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "model_path": self.config.model_path,
-                "served_model_name": self.config.model_path,
-                "tokenizer_path": self.config.model_path,
-                "is_generation": True,
-                "preferred_sampling_params": None,
-                "weight_version": "default",
-                "load_format": "stub",
-                "reasoning_parser": None,
-                "tool_call_parser": None,
-                "disaggregation_mode": "null",
-                "has_image_understanding": False,
-                "has_audio_understanding": False,
-                "model_type": "gpt_oss",
-                "architectures": ["GptOssForCausalLM"],
-                "stand_in": "sraq stub server: keyword rules, not a model",
-            }
-        )
+        path = self.config.model_path
+        return _json(wire.ModelInfoBody(model_path=path, served_model_name=path, tokenizer_path=path))
 
     async def models(self, _request: web.Request) -> web.Response:
-        data = [{"id": self.config.model_path, "object": "model", "created": 0, "owned_by": "sglang"}]
-        return web.json_response({"object": "list", "data": data})
+        return _json(wire.ModelList(data=[wire.ModelCard(id=self.config.model_path)]))
 
     # -- shared ------------------------------------------------------------------------------------
     def _cached(self, prompt_tokens: list[str]) -> int:
@@ -166,11 +150,11 @@ class StubServer:
         try:
             params = check_generate(body)
         except ContractError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return _json(wire.GateError(str(exc)), 400)
         except RequestError as exc:
             if body.get("stream") is True:
                 return await _stream_error(request, str(exc))
-            return web.json_response({"error": {"message": str(exc)}}, status=400)
+            return _json(wire.ValueErrorBody(wire.Detail(message=str(exc))), 400)
         error, hang, malformed, low = self._faults()
         latency = self.config.latency.sample(self.rng)
         if error:
@@ -185,10 +169,10 @@ class StubServer:
         top_n = int(body.get("top_logprobs_num") or 0)
         tokens, chosen, tops = synth_logprobs(out, choice, grammar, max(top_n, 1))
         max_new = int(params.get("max_new_tokens", 128))
-        finish: Json = {"type": "stop", "matched": RETURN_TOKEN_ID}
+        finish = wire.Finish(type="stop", matched=RETURN_TOKEN_ID)
         if len(tokens) > max_new:
             tokens, chosen, tops = tokens[:max_new], chosen[:max_new], tops[:max_new]
-            finish = {"type": "length", "length": max_new}
+            finish = wire.Finish(type="length", length=max_new)
         cached = self._cached(prompt_tokens)
         gen = _Gen(
             rid=str(body.get("rid") or uuid.uuid4().hex),
@@ -256,31 +240,25 @@ class StubServer:
         logprobs = None
         if want_logprobs and self.config.chat_logprobs == "yes":
             k = int(body.get("top_logprobs") or 0)
-            logprobs = {"content": [_chat_lp(c, top[:k]) for c, top in zip(chosen, tops, strict=True)]}
+            content = [wire.token_logprob(c, top[:k]) for c, top in zip(chosen, tops, strict=True)]
+            logprobs = wire.ChoiceLogprobs(content=content)
         await asyncio.sleep(max(0.0, latency - (time.perf_counter() - t0)))
+        usage = wire.Usage(
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=len(tokens),
+            total_tokens=len(prompt_tokens) + len(tokens),
+            prompt_tokens_details=wire.PromptDetails(cached_tokens=cached),
+        )
         return _json(
-            {
-                "id": uuid.uuid4().hex,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": str(body.get("model") or "default"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": out, "reasoning_content": None},
-                        "logprobs": logprobs,
-                        "finish_reason": "stop",
-                        "matched_stop": RETURN_TOKEN_ID,
-                    }
+            wire.ChatCompletion(
+                id=uuid.uuid4().hex,
+                created=int(time.time()),
+                model=str(body.get("model") or "default"),
+                choices=[
+                    wire.Choice(message=wire.Message(content=out), logprobs=logprobs, matched_stop=RETURN_TOKEN_ID)
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt_tokens),
-                    "completion_tokens": len(tokens),
-                    "total_tokens": len(prompt_tokens) + len(tokens),
-                    "prompt_tokens_details": {"cached_tokens": cached},
-                    "reasoning_tokens": 0,
-                },
-            }
+                usage=usage,
+            )
         )
 
 
@@ -295,38 +273,35 @@ class _Gen(msgspec.Struct, kw_only=True):
     with_text: bool
     prompt_tokens: int
     cached: int
-    finish: Json
+    finish: wire.Finish
     t0: float
 
-    def chunk(self, end: int, final: bool, start: int = 0) -> Json:
+    def chunk(self, end: int, final: bool, start: int = 0) -> wire.Generated:
         """Tokens ``[start:end)`` (start > 0: an incremental chunk), counts always cumulative."""
-        meta: Json = {
-            "id": self.rid,
-            "finish_reason": self.finish if final else None,
-            "prompt_tokens": self.prompt_tokens,
-            "weight_version": "default",
-            "completion_tokens": end,
-            "cached_tokens": self.cached,
-        }
-        if self.logprobs:
-            meta["input_token_logprobs"] = []
-            meta["output_token_logprobs"] = [self._triple(c) for c in self.chosen[start:end]]
-            if self.tops is not None:
-                meta["input_top_logprobs"] = []
-                meta["output_top_logprobs"] = [[self._triple(c) for c in top] for top in self.tops[start:end]]
-        if final:
-            meta["e2e_latency"] = time.perf_counter() - self.t0
-        return {
-            "text": "".join(self.tokens[start:end]),
-            "output_ids": [token_id(t) for t in self.tokens[start:end]],
-            "meta_info": meta,
-        }
+        meta = wire.Meta(
+            id=self.rid,
+            finish_reason=self.finish if final else None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=end,
+            cached_tokens=self.cached,
+            e2e_latency=time.perf_counter() - self.t0 if final else UNSET,
+            input_token_logprobs=[] if self.logprobs else UNSET,
+            output_token_logprobs=[self._triple(c) for c in self.chosen[start:end]] if self.logprobs else UNSET,
+            input_top_logprobs=[] if self.logprobs and self.tops is not None else UNSET,
+            output_top_logprobs=(
+                [[self._triple(c) for c in top] for top in self.tops[start:end]]
+                if self.logprobs and self.tops is not None
+                else UNSET
+            ),
+        )
+        tokens = self.tokens[start:end]
+        return wire.Generated(text="".join(tokens), output_ids=[token_id(t) for t in tokens], meta_info=meta)
 
-    def _triple(self, c: TokenCandidate) -> list[Any]:
-        return [c.logprob, c.token_id, c.text if self.with_text else None]
+    def _triple(self, c: TokenCandidate) -> TokenCandidate:
+        return c if self.with_text else TokenCandidate(c.logprob, c.token_id, None)
 
 
-def _json(body: Json, status: int = 200) -> web.Response:
+def _json(body: msgspec.Struct, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
@@ -347,26 +322,16 @@ def _malform(out: str, choice: Choice, grammar: Grammar, rng: random.Random) -> 
     return out[: max(1, len(out) // 2)]
 
 
-def _chat_lp(c: TokenCandidate, top: list[TokenCandidate]) -> Json:
-    def one(x: TokenCandidate) -> Json:
-        text = x.text or ""
-        return {"token": text, "bytes": list(text.encode()), "logprob": x.logprob}
-
-    return {**one(c), "top_logprobs": [one(x) for x in top]}
-
-
 def _openai_error(message: str, code: int, kind: str) -> web.Response:
-    return web.json_response(
-        {"object": "error", "message": message, "type": kind, "param": None, "code": code}, status=code
-    )
+    return _json(wire.OpenAIErrorBody(message=message, type=kind, code=code), code)
 
 
 async def _stream_error(request: web.Request, message: str) -> web.StreamResponse:
     """A ValueError raised after the 200 header: one error event, then ``[DONE]`` (SGLang 0.5.23)."""
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    err = {"error": {"message": message, "type": "invalid_request_error", "code": 400, "retryable": False}}
-    await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+    err = wire.ValueErrorBody(wire.Detail(message=message, type="invalid_request_error", code=400, retryable=False))
+    await resp.write(b"data: " + msgspec.json.encode(err) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp

@@ -54,6 +54,7 @@ class DemoResult:
     decision_ms: dict[str, float]
     max_concurrent_tasks: int
     problems: list[str] = field(default_factory=list)
+    surprises: list[str] = field(default_factory=list)
     prefix: str = ""
 
     def summary(self) -> dict[str, object]:
@@ -66,6 +67,7 @@ class DemoResult:
             "decision_ms": self.decision_ms,
             "max_concurrent_tasks": self.max_concurrent_tasks,
             "problems": self.problems,
+            "surprises": self.surprises,
             "prefix": self.prefix,
         }
 
@@ -142,6 +144,7 @@ class DemoPlayer:
         self.waiters: dict[str, asyncio.Future[dict[str, object]]] = {}
         self.decisions: list[dict[str, object]] = []
         self.problems: list[str] = []
+        self.surprises: list[str] = []
         self.max_running = 0
         self.turns = 0
         self.conv_ids: set[str] = set()
@@ -204,7 +207,8 @@ class DemoPlayer:
                     got = f"{decision['action']}({args.get('task_id', '')})" if step.task else str(decision["action"])
                     want = f"{expect}({step.task})" if step.task else expect
                     if got != want:
-                        self.problems.append(f"{conv.id}: {text!r} → {got} (script expected {want})")
+                        # the model's call, not a runtime failure: reported, and the end state decides
+                        self.surprises.append(f"{conv.id}: {text!r} → {got} (script expected {want})")
                 case WaitTask(task_id=task_id, statuses=statuses):
                     if not await self._wait_task(conv.id, task_id, statuses):
                         self.problems.append(f"{conv.id}: {task_id} never reached {'/'.join(statuses)}")
@@ -316,8 +320,11 @@ async def run_demo(settings: Settings, *, as_json: bool, workers: int = 2) -> De
         decision_ms={"p50": round(percentile(latencies, 50), 3), "p99": round(percentile(latencies, 99), 3)},
         max_concurrent_tasks=player.max_running,
         problems=problems,
+        surprises=player.surprises,
         prefix=prefix,
     )
+    for surprise in result.surprises:
+        console.print(f"[yellow]model disagreed with the script:[/yellow] {surprise}")
     for problem in result.problems:
         console.print(f"[red]problem:[/red] {problem}")
     console.print(

@@ -59,6 +59,13 @@ CUES: dict[str, re.Pattern[str]] = {
         r"evening)|do (?:you|u) (?:ever|even) (?:sleep|eat)|whatcha|joke)\b|😂|🤣",
         _FLAGS,
     ),
+    "greeting_only": re.compile(
+        r"^\W*(?:hi|hello|hey|hiya|heya|yo|morning|evening|good (?:morning|afternoon|evening|day))"
+        r"(?: there| again| all)?"
+        r"(?:\W+(?:good (?:morning|afternoon|evening|day)|how are (?:you|u)(?: doing)?(?: today)?|how'?s it going))?"
+        r"\W*$",
+        _FLAGS,
+    ),
     "addressee": re.compile(
         r"(?:^|\s)@\w+|^\W*(\w+)\W+\1\b|^\W*(?:babe|honey|hun|guys|mum|mom|dad|love|sweetie)\b", _FLAGS
     ),

@@ -28,9 +28,27 @@ from intent.features import (
     message_terms,
     pair_features,
 )
+from intent.text import tool_event
 
 FORMAT = "sraq-embedded/1"
 _TASK_ACTIONS = np.array([a.needs_task for a in ACTIONS])
+
+
+#: What a task callback calls for: the user hears results and failures, not starts and progress.
+CALLBACK_POLICY: dict[str, Action] = {
+    "completed": Action.REPLY,
+    "failed": Action.REPLY,
+    "started": Action.NOOP,
+    "progress": Action.NOOP,
+}
+
+
+def callback_action(message: ChatMessage) -> Action | None:
+    """The policy action for a task callback message (None: not a callback with a known event)."""
+    if message.role != "tool":
+        return None
+    event = tool_event(message.content)
+    return None if event is None else CALLBACK_POLICY.get(event[1])
 
 
 class ArtefactError(ValueError):
@@ -81,6 +99,7 @@ class EmbeddedModel:
         self.pair_coef, self.pair_intercept = pair_coef, float(pair_intercept)
         self.pair_temperature = float(pair_temperature)
         self.info = dict(info or {})
+        self.callback_confidence = float(self.info.get("callback_policy_confidence", 0.9))
         self._ctx_offset = len(msg_vocab)
         self._dense_offset = len(msg_vocab) + len(ctx_vocab)
 
@@ -88,7 +107,7 @@ class EmbeddedModel:
 
     def logits(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
         """Uncalibrated action scores in ACTIONS order."""
-        m_idx, m_val = self.msg_vocab.transform(message_terms(transcript[-1].content))
+        m_idx, m_val = self.msg_vocab.transform(message_terms(transcript[-1]))
         c_idx, c_val = self.ctx_vocab.transform(context_terms(transcript))
         z = self.intercept.copy()
         if m_idx.size:
@@ -119,10 +138,20 @@ class EmbeddedModel:
         return p
 
     def predict(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> Prediction:
-        """The most probable action, its task (for update/cancel) and the joint confidence."""
+        """The most probable action, its task (for update/cancel) and the joint confidence.
+
+        A task callback is decided by :data:`CALLBACK_POLICY` (its event type), with the policy's
+        measured agreement on the training rows as confidence: the labelled data maps callbacks to
+        actions without exception, and the runtime's transcripts around callbacks (no assistant
+        acknowledgement after ``start_task``) differ from the authored ones, which the classifier
+        does not survive reliably.
+        """
         if not transcript:
             raise ValueError("empty transcript")
         p = self.action_proba(transcript, tasks)
+        policy = callback_action(transcript[-1])
+        if policy is not None:
+            return Prediction(policy, self.callback_confidence, None, p)
         best = int(p.argmax())
         action = ACTIONS[best]
         task_id, task_conf = None, 1.0

@@ -78,16 +78,17 @@ PAIR_NAMES: tuple[str, ...] = (
     "id_in_message",
     "id_in_last_tool",
     "id_in_transcript",
-    "position",
-    "is_last",
-    "inv_tasks",
-    "task_in_msg",
     "assistant_about_task",
     "focus_clause_overlap",
     "kept_clause_overlap",
     "focus_gap",
     "ctx_gap",
+    "ctx_in_task_msg_silent",
+    "ctx_trigram_msg_silent",
+    "ctx_gap_msg_silent",
+    "assistant_about_task_msg_silent",
 )
+_P = {name: i for i, name in enumerate(PAIR_NAMES)}
 
 _CLAUSE_SPLIT = re.compile(r"[.;!?\n]+|,\s*(?=(?:but|and|so|though|although)\b)|\b(?:but|however|though|although)\b")
 _KEEP_CUE = re.compile(
@@ -101,8 +102,18 @@ _KEEP_CUE = re.compile(
 CHAR_NGRAM_CHARS = 600
 
 
-def message_terms(text: str) -> list[str]:
-    """Terms of the message being decided on."""
+def message_terms(message: ChatMessage) -> list[str]:
+    """Terms of the message being decided on.
+
+    A task callback gets its own term space (``tw:`` words, event tag, no character n-grams): the
+    words of a callback ("[task-2 progress] working on: please book ...") echo the task and must not
+    read like a user asking for something.
+    """
+    text = message.content
+    if message.role == "tool":
+        event = tool_event(text)
+        body = text.split("]", 1)[-1] if event is not None else text
+        return [f"tool_event={event[1] if event else 'none'}", *word_ngrams(body, prefix="tw:")]
     return word_ngrams(text) + char_ngrams(text[:CHAR_NGRAM_CHARS])
 
 
@@ -188,7 +199,8 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
         math.log1p(len(msg_stems)) / 2.0,
         sum(1 for t in toks if t in _FILLERS) / max(1, len(toks)),
     ]
-    f += cue_flags(text)
+    # cue lexicons describe what a *user* says; a callback's echoed task text must not fire them
+    f += cue_flags(text) if last.role == "user" else [0.0] * len(CUE_NAMES)
     # a tool callback is decided on after the user's last words: their cues still matter
     prev_user = next((m.content for m in reversed(transcript[:-1]) if m.role == "user"), "")
     f += cue_flags(prev_user, PREV_USER_CUES)
@@ -231,39 +243,38 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
     in_transcript: set[str] = set()
     for m in transcript:
         in_transcript |= mentioned_ids(m.content)
-    rows: list[list[float]] = []
+    out = np.zeros((n, len(PAIR_NAMES)), dtype=np.float64)
     for j, task in enumerate(tasks):
         t_stems, t_tri = _task_stems(task), _task_trigrams(task)
         tid = task.id.lower()
-        rows.append(
-            [
-                overlap(msg_stems, content_stems(task.summary)),
-                overlap(msg_stems, t_stems),
-                dice(msg_tri, t_tri),
-                overlap(ctx_stems, t_stems),
-                dice(ctx_tri, t_tri),
-                0.0,
-                0.0,
-                0.0,
-                float(tid in in_msg),
-                float(tool_evt is not None and tool_evt[0] == tid),
-                float(tid in in_transcript),
-                j / max(1, n - 1),
-                float(j == n - 1 and n > 1),
-                1.0 / n,
-                overlap(t_stems, msg_stems),
-                overlap(asst_stems, t_stems),
-                max((overlap(c, t_stems) for c in focus), default=0.0),
-                max((overlap(c, t_stems) for c in kept), default=0.0),
-                0.0,
-                0.0,
-            ]
-        )
-    out = np.asarray(rows, dtype=np.float64)
-    best_overlap, best_tri = out[:, 1].max(), out[:, 2].max()
-    out[:, 5] = out[:, 1] >= best_overlap - 1e-12
-    out[:, 6] = out[:, 1] - best_overlap
-    out[:, 7] = out[:, 2] - best_tri
-    out[:, 18] = out[:, 16] - out[:, 16].max()
-    out[:, 19] = out[:, 3] - out[:, 3].max()
+        row = out[j]
+        row[_P["msg_in_summary"]] = overlap(msg_stems, content_stems(task.summary))
+        row[_P["msg_in_task"]] = overlap(msg_stems, t_stems)
+        row[_P["msg_task_trigram"]] = dice(msg_tri, t_tri)
+        row[_P["ctx_in_task"]] = overlap(ctx_stems, t_stems)
+        row[_P["ctx_task_trigram"]] = dice(ctx_tri, t_tri)
+        row[_P["id_in_message"]] = float(tid in in_msg)
+        row[_P["id_in_last_tool"]] = float(tool_evt is not None and tool_evt[0] == tid)
+        row[_P["id_in_transcript"]] = float(tid in in_transcript)
+        row[_P["assistant_about_task"]] = overlap(asst_stems, t_stems)
+        row[_P["focus_clause_overlap"]] = max((overlap(c, t_stems) for c in focus), default=0.0)
+        row[_P["kept_clause_overlap"]] = max((overlap(c, t_stems) for c in kept), default=0.0)
+    # relative evidence: how far each task is from the best one
+    msg_in_task, msg_tri_col = out[:, _P["msg_in_task"]], out[:, _P["msg_task_trigram"]]
+    best_overlap = msg_in_task.max()
+    out[:, _P["is_best_overlap"]] = msg_in_task >= best_overlap - 1e-12
+    out[:, _P["overlap_gap"]] = msg_in_task - best_overlap
+    out[:, _P["trigram_gap"]] = msg_tri_col - msg_tri_col.max()
+    focus_col = out[:, _P["focus_clause_overlap"]]
+    out[:, _P["focus_gap"]] = focus_col - focus_col.max()
+    ctx_col = out[:, _P["ctx_in_task"]]
+    out[:, _P["ctx_gap"]] = ctx_col - ctx_col.max()
+    # the recent context (and the assistant's last words) say which task is meant mostly when the
+    # message itself names none ("make it the earliest one"); when it does ("change the flight
+    # search"), the message's own words win: the context features are split on that condition
+    silent = float(best_overlap <= 0.0)
+    for name in ("ctx_in_task", "ctx_task_trigram", "ctx_gap", "assistant_about_task"):
+        silent_name = {"ctx_task_trigram": "ctx_trigram_msg_silent"}.get(name, f"{name}_msg_silent")
+        out[:, _P[silent_name]] = out[:, _P[name]] * silent
+        out[:, _P[name]] *= 1.0 - silent
     return out

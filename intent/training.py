@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from intent.contract import ACTIONS
 from intent.dataset import Example
-from intent.embedded_model import EmbeddedModel
+from intent.embedded_model import EmbeddedModel, callback_action
 from intent.features import (
     DENSE_NAMES,
     FloatArray,
@@ -36,7 +36,7 @@ from intent.features import (
 )
 from intent.splits import stratified_folds
 
-C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+C_GRID = (3.0, 10.0, 30.0, 100.0)
 PAIR_L2_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 
 
@@ -47,7 +47,7 @@ def _action_matrix(examples: Sequence[Example], msg: TfidfVocab, ctx: TfidfVocab
     n_dense = len(DENSE_NAMES)
     for r, ex in enumerate(examples):
         blocks = [
-            (msg.transform(message_terms(ex.last_message.content)), 0),
+            (msg.transform(message_terms(ex.last_message)), 0),
             (ctx.transform(context_terms(ex.transcript)), len(msg)),
         ]
         for (idx, val), offset in blocks:
@@ -107,7 +107,7 @@ def train(
     """Fit vocabularies, the action classifier, its calibration and the task resolver on ``examples``."""
     if len(examples) < 10 * folds:
         raise ValueError(f"need at least {10 * folds} training rows, got {len(examples)}")
-    msg = TfidfVocab.fit([message_terms(ex.last_message.content) for ex in examples], min_df=2)
+    msg = TfidfVocab.fit([message_terms(ex.last_message) for ex in examples], min_df=2)
     ctx = TfidfVocab.fit([context_terms(ex.transcript) for ex in examples], min_df=2)
     x = _action_matrix(examples, msg, ctx)
     y = np.array([ACTIONS.index(ex.expected.action) for ex in examples])
@@ -134,6 +134,10 @@ def train(
     coef = np.asarray(final.coef_, dtype=np.float64)[order].T.copy()
     intercept = np.asarray(final.intercept_, dtype=np.float64)[order].copy()
 
+    callbacks = [ex for ex in examples if callback_action(ex.last_message) is not None]
+    agree = sum(callback_action(ex.last_message) == ex.expected.action for ex in callbacks)
+    callback_confidence = (agree + 1) / (len(callbacks) + 2)  # Laplace: never a flat 1.0
+    log(f"callback policy: {agree}/{len(callbacks)} training callbacks agree (confidence {callback_confidence:.3f})")
     pair_coef, pair_intercept, pair_t, pair_info = _train_resolver(examples, folds, seed, pair_l2_grid, log)
     info: dict[str, Any] = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -142,6 +146,9 @@ def train(
         "C": c_best,
         "temperature": round(temperature, 4),
         "cv_folds": folds,
+        "callback_policy_rows": len(callbacks),
+        "callback_policy_agree": agree,
+        "callback_policy_confidence": round(callback_confidence, 4),
         "cv_action_log_loss": round(best[0], 4),
         "cv_action_accuracy": round(float((z_best.argmax(axis=1) == y).mean()), 4),
         "train_ids": sorted(ex.id for ex in examples),
@@ -204,7 +211,7 @@ def _train_resolver(
               for ex in rows]  # fmt: skip
     fold_of = stratified_folds([str(len(ex.tasks) > 1) for ex in rows], folds, seed)
 
-    best: tuple[float, float, list[FloatArray]] | None = None
+    best: tuple[tuple[float, float], float, list[FloatArray]] | None = None
     for lam in lam_grid:
         oof: list[FloatArray] = [np.zeros(0)] * len(groups)
         for f in range(folds):
@@ -215,8 +222,11 @@ def _train_resolver(
         loss = _group_nll(groups, oof, 1.0)
         acc = sum(int(np.argmax(s)) == y for (_, y), s in zip(groups, oof, strict=True)) / len(groups)
         log(f"resolver L2={lam:g}: cv group log-loss {loss:.4f}, cv task accuracy {acc:.3f}")
-        if best is None or loss < best[0]:
-            best = (loss, lam, oof)
+        # accuracy first (the task choice is what matters), log-loss breaks ties; the temperature
+        # fitted below recalibrates whichever penalty wins
+        key = (-acc, loss)
+        if best is None or key < best[0]:
+            best = (key, lam, oof)
     assert best is not None
     _, lam_best, oof_best = best
     res = minimize_scalar(lambda lt: _group_nll(groups, oof_best, math.exp(lt)), bounds=(-3.0, 3.0), method="bounded")

@@ -117,6 +117,24 @@ async def test_completed_callback_reply_carries_the_result(backend: EmbeddedBack
     assert "TAP 08:15, 142 EUR" in decision.intent.args()["text"]
 
 
+async def test_callbacks_echoing_a_request_do_not_start_work(backend: EmbeddedBackend) -> None:
+    """Progress callbacks repeat the task's words ("working on: please book ..."); that is not a new ask."""
+    tasks = [
+        TaskInfo(id="task-1", summary="Please book a table for four at Lumen on Friday", last_update="started"),
+        TaskInfo(id="task-2", summary="Can you order a birthday cake for Maya", last_update="started"),
+    ]
+    for event in ("started", "progress"):
+        body = "" if event == "started" else " step 1/4: working on Can you order a birthday cake for Maya"
+        transcript = [
+            ChatMessage(role="user", content="please book a table for four at Lumen on Friday"),
+            ChatMessage(role="user", content="can you order a birthday cake for Maya"),
+            ChatMessage(role="tool", content=f"[task-2 {event}]{body}"),
+        ]
+        req = DecisionRequest(conversation_id="c", turn_id="t", transcript=transcript, tasks=tasks)
+        decision = await backend.decide(req)
+        assert decision.intent.action in (Action.NOOP, Action.REPLY), (event, decision.intent)
+
+
 def test_train_save_load_round_trip(tmp_path: Path) -> None:
     from intent.training import train
 

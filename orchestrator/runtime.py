@@ -129,7 +129,12 @@ class Orchestrator:
             if s.relay_outbox:
                 pool = create_pool(s.redis_url, self.keys, client_name=f"sraq-relay:{self.instance_id}")
                 self.dispatcher = Dispatcher(
-                    pool, self.keys, consumer=self.instance_id, partitions=(), claim_idle_ms=s.dispatcher_claim_idle_ms
+                    pool,
+                    self.keys,
+                    consumer=self.instance_id,
+                    partitions=(),
+                    claim_idle_ms=s.dispatcher_claim_idle_ms,
+                    keep_result_s=s.task_keep_result_s,
                 )
                 await self.dispatcher.start()
             self.state = State.RUNNING

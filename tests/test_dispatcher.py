@@ -169,3 +169,35 @@ async def test_set_partitions_and_idempotent_stop(keys: Keys, pool: ArqRedis) ->
     await d.stop()
     await d.stop()
     assert d.partitions == set()
+
+
+async def test_outbox_is_trimmed_behind_the_relay(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    """Acknowledged entries are dropped; pending ones (a dead relay's) are kept until handled."""
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    for v in range(300):  # enough for XTRIM ~ to drop whole stream nodes (100 entries each)
+        await ledger.apply("c1", v, f"u{v}", [StartOp(f"job {v}")])
+    await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
+    held = await redis.xreadgroup(GROUP, "dead-relay", {outbox: ">"}, count=150)
+    d = relay(pool, keys, "relay-a", claim_idle_ms=60_000)  # does not claim the dead relay's entries
+    await d.start()
+    try:
+        await wait_until(lambda: _lag_zero(redis, outbox))
+        await d.stop()
+        assert await redis.xlen(outbox) == 300  # nothing before the oldest pending entry may go
+        await redis.xack(outbox, GROUP, *[eid for eid, _f in held[0][1]])
+        d = relay(pool, keys, "relay-b", claim_idle_ms=60_000)
+        await d.start()
+        await wait_until(lambda: _shorter(redis, outbox, 300))
+    finally:
+        await d.stop()
+    assert d.stats["trimmed"] >= 100
+    assert len(await queued(redis, keys)) == 150  # the relay's own 150 (the dead relay's were never enqueued)
+
+
+async def _lag_zero(redis: Redis, outbox: str) -> bool:
+    groups = await redis.xinfo_groups(outbox)
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 150
+
+
+async def _shorter(redis: Redis, outbox: str, n: int) -> bool:
+    return bool(await redis.xlen(outbox) < n)

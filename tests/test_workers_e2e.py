@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
+from arq.jobs import Job, JobStatus
 from redis.asyncio import Redis
 
 from ledger import CancelOp, EventOp, Keys, Ledger, StaleAttempt, StartOp, TaskClosed, TaskEvent, TaskStatus, UpdateOp
@@ -120,6 +121,7 @@ async def test_cancel_stops_running_handler(
     await wait_until(lambda: redis.hexists(run_key, "stopped_at"), within=5)
     stopped = float(await redis.hget(run_key, "stopped_at"))
     assert 0 < stopped - t_cancel < 2.0  # one poll delay (10 ms) in practice; loose bound on a busy box
+    assert 0 < await redis.ttl(run_key) <= 86_400  # a closed task's worker-side keys expire
     info = await job(pool, keys, job_id(keys, "c1", "task-1", 1)).result_info()
     assert info is not None and info.success is False  # arq recorded an abort
     events = await task_events(redis, keys, "c1")
@@ -169,6 +171,7 @@ async def test_failing_handler_retries_then_fails(
     await apply_events(ledger, events)
     task = (await ledger.snapshot("c1")).task("task-1")
     assert task is not None and task.status is TaskStatus.FAILED and task.attempt == 3
+    assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
 
 
 async def test_abort_marker_does_not_hit_reused_id(
@@ -184,13 +187,17 @@ async def test_abort_marker_does_not_hit_reused_id(
 
 
 async def test_update_after_job_ended_redispatches(
-    redis: Redis, ledger: Ledger, keys: Keys, procs: Procs, relay: Dispatcher
+    redis: Redis, ledger: Ledger, keys: Keys, procs: Procs, relay: Dispatcher, pool: ArqRedis
 ) -> None:
     """The job finished but the task is still open in the ledger: an update re-dispatches it."""
     procs.worker(SRAQ_DEMO_STEPS="1", SRAQ_DEMO_STEP_S="0.05")
     await wait_workers(redis, 1)
     await ledger.apply("c1", 0, "u1", [StartOp("draft an email")])
     await events_until(redis, keys, "c1", {"completed@1"})
+    # the event is published just before arq records the job as finished; wait for arq too (an update
+    # landing in between counts as delivered to the still-running job: no re-dispatch)
+    first = job(pool, keys, job_id(keys, "c1", "task-1", 1))
+    await wait_until(lambda: _is_complete(first), within=5)
     await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "make it shorter")])
     events = await events_until(redis, keys, "c1", {"completed@2"})
     assert events[-1].content == "done: draft an email (with updates: make it shorter)"
@@ -242,3 +249,7 @@ async def test_relay_killed_under_load_dispatches_each_task_once(
     for c in convs:
         started = [e.task_id for e in await task_events(redis, keys, c) if e.event is TaskEvent.STARTED]
         assert sorted(started) == sorted(t for cc, t in expected if cc == c)  # each task ran exactly once
+
+
+async def _is_complete(j: Job) -> bool:
+    return await j.status() is JobStatus.complete

@@ -12,6 +12,11 @@ from workers.config import WorkerConfig
 from workers.events import EventReporter
 
 
+class PermanentTaskError(Exception):
+    """Raised by a handler for a failure that retrying cannot fix (bad configuration, invalid task):
+    the task is reported ``failed`` at once instead of after ``max_tries`` runs."""
+
+
 class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """One ``update_task`` decision delivered to the task (in ledger order)."""
 

@@ -86,6 +86,7 @@ class Dispatcher:
         block_ms: int = 1000,
         claim_idle_ms: int = 5000,
         grace_s: float = 2.0,
+        keep_result_s: float = 86_400.0,
     ) -> None:
         self.pool = pool
         self.keys = keys
@@ -93,6 +94,7 @@ class Dispatcher:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.grace_s = grace_s
+        self.keep_result_s = keep_result_s
         self.ledger = Ledger(pool, keys)
         self.stats: Counter[str] = Counter()
         self._wanted = set(range(keys.partitions) if partitions is None else partitions)
@@ -173,6 +175,7 @@ class Dispatcher:
                 if loop.time() >= claim_due:  # ... and entries of relays that died holding them
                     claim_due = loop.time() + self.claim_idle_ms / 2000
                     await self._claim(p, outbox)
+                    await self._trim(outbox)
                 block = None if last_id == "0" else self.block_ms
                 reply = await self.pool.xreadgroup(GROUP, self.consumer, {outbox: last_id}, count=100, block=block)
                 entries = reply[0][1] if reply else []
@@ -189,6 +192,24 @@ class Dispatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 last_id = "0"  # whatever we held is still pending: go through it again
+
+    async def _trim(self, outbox: str) -> None:
+        """Drop outbox entries every relay is done with (acknowledged), so the stream stays small.
+
+        Safe bound: the oldest pending entry of the group, else its last-delivered id; everything
+        before it was delivered and acknowledged. (The ledger's audit trail, not the outbox, is the record.)
+        """
+        groups = await self.pool.xinfo_groups(outbox)
+        group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
+        if group is None:
+            return
+        bound = group.get("last-delivered-id")
+        if int(group.get("pending", 0)):
+            oldest = await self.pool.xpending_range(outbox, GROUP, min="-", max="+", count=1)
+            bound = oldest[0]["message_id"] if oldest else None
+        if bound and bound not in (b"0-0", "0-0"):
+            trimmed = await self.pool.xtrim(outbox, minid=bound, approximate=True)
+            self.stats["trimmed"] += int(trimmed or 0)
 
     async def _claim(self, p: int, outbox: str) -> None:
         start = "0-0"
@@ -281,3 +302,7 @@ class Dispatcher:
         jid = await self._current_job(entry) or job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
         state = await abort(self.pool, self.keys, jid)
         self.stats["aborted" if state in ACTIVE_STATES else "cancel_no_job"] += 1
+        # the task is closed: its update stream and run record expire with the job results
+        tk = self.keys.task(entry.conversation_id, entry.task_id)
+        for key in (tk.updates, tk.run):
+            await self.pool.expire(key, max(1, int(self.keep_result_s)))

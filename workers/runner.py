@@ -8,7 +8,8 @@ Outcomes:
 
 * handler returns      -> ``completed`` event with the result text;
 * handler raises or exceeds ``task_timeout_s`` -> ``progress`` ("attempt N failed ...") and an arq
-  ``Retry`` with exponential backoff, until ``max_tries`` runs; then a ``failed`` event;
+  ``Retry`` with exponential backoff, until ``max_tries`` runs; then a ``failed`` event
+  (``PermanentTaskError``: ``failed`` at once);
 * a run starting after ``max_tries`` (earlier runs died with their worker) -> ``failed`` at once;
 * ``CancelledError`` (abort, or worker shutdown: arq re-queues those) -> no event, the stop time is
   recorded in the task's run record, the error propagates to arq;
@@ -30,7 +31,7 @@ from redis.asyncio import Redis
 from ledger import Keys, Ledger
 from ledger.turns import Publisher
 from workers.config import WorkerConfig
-from workers.context import TaskContext, UpdateFeed
+from workers.context import PermanentTaskError, TaskContext, UpdateFeed
 from workers.events import EventReporter
 from workers.registry import Handler
 
@@ -95,15 +96,27 @@ async def run_task(ctx: dict[str, Any], conversation_id: str, task_id: str, disp
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, TimeoutError):
             error = f"timed out after {rt.config.task_timeout_s:g}s"
-        if job_try < rt.config.max_tries:
+        if job_try < rt.config.max_tries and not isinstance(exc, PermanentTaskError):
             delay = rt.config.backoff_s(job_try)
             await events.progress(f"attempt {attempt} failed ({error}); retrying in {delay:g}s")
             log.warning("task_retry", conversation=conversation_id, task=task_id, attempt=attempt, error=error)
             raise Retry(defer=delay) from exc
         log.warning("task_failed", conversation=conversation_id, task=task_id, attempt=attempt, error=error)
         await events.failed(error)
+        await _expire_task_keys(rt, conversation_id, task_id)
         return f"failed: {error}"
     text = "" if result is None else str(result)
     await events.completed(text)
+    await _expire_task_keys(rt, conversation_id, task_id)
     log.info("task_completed", conversation=conversation_id, task=task_id, attempt=attempt, job=job_id)
     return text
+
+
+async def _expire_task_keys(rt: WorkerRuntime, conversation_id: str, task_id: str) -> None:
+    """The task is done: its update stream and run record go away after ``keep_result_s``."""
+    tk = rt.keys.task(conversation_id, task_id)
+    ttl = max(1, int(rt.config.keep_result_s))
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.expire(tk.updates, ttl)
+        pipe.expire(tk.run, ttl)
+        await pipe.execute()

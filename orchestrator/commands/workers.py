@@ -159,7 +159,14 @@ async def _relay(config: WorkerConfig, partitions: list[int] | None, consumer: s
     keys = config.keys()
     name = consumer or f"{socket.gethostname()}:{os.getpid()}"
     pool = create_pool(config.redis_url, keys, client_name=f"sraq-dispatcher:{name}")
-    relay = Dispatcher(pool, keys, consumer=name, partitions=partitions, claim_idle_ms=config.dispatcher_claim_idle_ms)
+    relay = Dispatcher(
+        pool,
+        keys,
+        consumer=name,
+        partitions=partitions,
+        claim_idle_ms=config.dispatcher_claim_idle_ms,
+        keep_result_s=config.keep_result_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

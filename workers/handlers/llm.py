@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from openai import AsyncOpenAI
 
-from workers.context import TaskContext, TaskUpdate
+from workers.context import PermanentTaskError, TaskContext, TaskUpdate
 
 MAX_ROUNDS = 3
 SYSTEM_PROMPT = (
@@ -19,7 +19,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class LLMNotConfigured(RuntimeError):
+class LLMNotConfigured(PermanentTaskError):
     """The llm handler has no endpoint or model."""
 
 

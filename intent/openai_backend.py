@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 import openai
+from openai.types.chat import ChatCompletion
 
 from intent.backend import BackendError, BackendTimeout, Decision, DecisionRequest
 from intent.calibration import Calibration
@@ -167,7 +168,9 @@ class OpenAIBackend:
                 pass
         return float(self.config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
 
-    def _decision(self, request: DecisionRequest, completion: Any, t0: float, transport_ms: float) -> Decision:
+    def _decision(
+        self, request: DecisionRequest, completion: ChatCompletion, t0: float, transport_ms: float
+    ) -> Decision:
         if not completion.choices:
             raise BackendError(self.name, "response without choices")
         choice = completion.choices[0]

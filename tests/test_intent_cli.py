@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,13 +11,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from intent.calibration import Calibration
 from intent.router import Router
 from intent.sglang import SGLangBackend
+from intent.stub_server import Latency, StubConfig, running
 from orchestrator.backends import BackendConfigError, build_backend
 from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -108,3 +114,27 @@ def test_factory_builds_the_configured_cascade() -> None:
         build_backend(Settings(intent_tiers="openai"))  # no model configured
     single = build_backend(Settings(intent_tiers="sglang"))
     assert isinstance(single, SGLangBackend)  # one tier is used as is (raw confidence, no threshold)
+
+
+async def test_calibrate_writes_a_loadable_fit(tmp_path: Path) -> None:
+    out = tmp_path / "cal.json"
+    async with running(StubConfig(latency=Latency(a=1.0), brain="embedded")) as url:
+        args = ["intent", "calibrate", str(ROOT / "data" / "test.jsonl"), "--backend", "sglang", "--limit", "40"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orchestrator",
+            *args,
+            "--output",
+            str(out),
+            "--json",
+            env={**os.environ, "SRAQ_SGLANG_URL": url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode == 0, stderr.decode()
+    result = json.loads(stdout)
+    assert result["used"] == 40 and result["failed"] == 0
+    cal = Calibration.load(out)
+    assert cal.samples == 40 and cal.temperature == result["temperature"] > 0

@@ -111,3 +111,21 @@ async def test_overall_deadline_bounds_the_cascade() -> None:
         with pytest.raises(Undecided) as info:
             await router.decide(request("hello", deadline_s=0.3))
         assert all(a.outcome == "timeout" for a in info.value.path)
+
+
+async def test_router_counters_export_to_prometheus() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from orchestrator.router_metrics import register_router_metrics
+
+    async with cascade(fast(low_confidence_rate=1.0), fast()) as router:
+        registry = CollectorRegistry()
+        assert register_router_metrics(registry, router)
+        for text in ("find me a hotel", "ok thanks"):
+            await router.decide(request(text))
+        text = generate_latest(registry).decode()
+    assert 'sraq_router_decisions_total{tier="openai"} 2.0' in text
+    assert "sraq_router_escalations_total 2.0" in text
+    assert 'sraq_router_attempts_total{outcome="low_confidence",tier="sglang"} 2.0' in text
+    assert 'sraq_router_tier_latency_seconds_count{tier="sglang"} 2.0' in text
+    assert 'sraq_router_tier_latency_seconds_bucket{le="+Inf",tier="openai"} 2.0' in text

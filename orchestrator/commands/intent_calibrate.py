@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-from intent.backend import BackendError, DecisionRequest, Undecided
+from intent.backend import Backend, BackendError, DecisionRequest, Undecided
 from intent.calibration import fit_temperature
 from intent.dataset import Example, load
 from intent.errors import InvalidDecision
 from orchestrator.commands.common import fail, load_settings, print_json, run
 
 
-async def _collect(backend: Any, examples: list[Example], concurrency: int, deadline_s: float) -> dict[str, Any]:
+async def _collect(backend: Backend, examples: list[Example], concurrency: int, deadline_s: float) -> dict[str, Any]:
     rows: list[tuple[list[float], int]] = []
     failed = 0
     no_probs = 0

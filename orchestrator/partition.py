@@ -149,9 +149,16 @@ class PartitionWorker:
         self.stop_reading()
         deadline = None if grace is None else time.monotonic() + grace
         if self._reader is not None:
-            # bounded by read_block_ms: the blocking read returns and its entries go to the lanes
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._reader)
+            # normally bounded by read_block_ms (the blocking wait returns, read entries go to the
+            # lanes); the grace deadline bounds it when Redis hangs
+            try:
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self._reader)
+            except TimeoutError:
+                return False
+            except asyncio.CancelledError:
+                if not self._reader.cancelled():
+                    raise
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return await self.lanes.drain(left)
 

@@ -217,11 +217,13 @@ class Orchestrator:
             self._control_done = True
             self._wake.set()
             await self._control
-        for task in list(self._background):
-            if not task.get_name().endswith("signal-stop"):
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    async with asyncio.timeout(CANCEL_DEADLINE_S):
-                        await task
+        # aborts and releases still running: one shared deadline, then cancelled
+        pending = [t for t in self._background if not t.get_name().endswith("signal-stop") and not t.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=CANCEL_DEADLINE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._release_all()
         await self._close()
         self.log.info("orchestrator_stopped")
@@ -243,13 +245,17 @@ class Orchestrator:
         leases = [w.lease for w in self.partitions.values()]
         self.partitions.clear()
         self.metrics.owned.set(0)
+        # bounded: a hung Redis must not hold the shutdown (the leases then simply expire)
         with contextlib.suppress(*TRANSIENT):
-            for lease in leases:
-                await self.membership.release(lease)
-            await self.membership.leave()
+            async with asyncio.timeout(2.0):
+                for lease in leases:
+                    await self.membership.release(lease)
+                await self.membership.leave()
 
     async def _close(self) -> None:
-        await self._stop_relay()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_DEADLINE_S):  # a hung Redis must not hold the shutdown
+                await self._stop_relay()
         if self._server is not None:
             await self._server.stop()
         if self._own_redis and self._redis is not None:
@@ -349,20 +355,26 @@ class Orchestrator:
         self._spawn(self._finish_abort(worker), f"abort:p{partition}")
 
     async def _finish_abort(self, worker: PartitionWorker) -> None:
-        await worker.abort()
-        with contextlib.suppress(*TRANSIENT):
-            await self.membership.release(worker.lease)  # no-op unless we still hold it
-        if self.partitions.get(worker.partition) is worker:
-            del self.partitions[worker.partition]
+        try:
+            await worker.abort()
+            with contextlib.suppress(*TRANSIENT):
+                async with asyncio.timeout(self.settings.lease_ms / 1000):
+                    await self.membership.release(worker.lease)  # no-op unless we still hold it
+        finally:
+            if self.partitions.get(worker.partition) is worker:
+                del self.partitions[worker.partition]
 
     async def _release(self, worker: PartitionWorker) -> None:
         """Hand a partition to its new owner: drain, then release the lease."""
-        if not await worker.drain(self._grace):
-            await worker.abort()
-        with contextlib.suppress(*TRANSIENT):
-            await self.membership.release(worker.lease)
-        if self.partitions.get(worker.partition) is worker:
-            del self.partitions[worker.partition]
+        try:
+            if not await worker.drain(self._grace):
+                await worker.abort()
+            with contextlib.suppress(*TRANSIENT):
+                async with asyncio.timeout(self.settings.lease_ms / 1000):
+                    await self.membership.release(worker.lease)
+        finally:
+            if self.partitions.get(worker.partition) is worker:
+                del self.partitions[worker.partition]
         self.log.info("partition_released", partition=worker.partition)
 
     async def _observe_lag(self) -> None:

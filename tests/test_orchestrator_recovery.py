@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 from redis.asyncio import Redis
@@ -189,4 +190,23 @@ async def test_redis_restart_loses_no_turn(tmp_path, prefix: str) -> None:  # ty
     finally:
         await orch.stop()
         await client.aclose()
+        server.cleanup()
+
+
+async def test_stop_is_bounded_when_redis_hangs(tmp_path, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    server = LocalRedis(data_dir=tmp_path, appendonly=False).start()
+    orch = Orchestrator(loop_settings(server.url, prefix, grace_s=0.5), ScriptedBackend())
+    try:
+        await orch.start()
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)  # Redis hangs: connections stay open, nothing answers
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        async with asyncio.timeout(30):
+            await orch.stop()
+        assert time.monotonic() - started < 20
+        assert orch.state.value == "stopped"
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
         server.cleanup()

@@ -201,3 +201,17 @@ async def _lag_zero(redis: Redis, outbox: str) -> bool:
 
 async def _shorter(redis: Redis, outbox: str, n: int) -> bool:
     return bool(await redis.xlen(outbox) < n)
+
+
+async def test_relay_recreates_a_vanished_group(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        outbox = keys.partition(keys.partition_of("c1")).outbox
+        await redis.delete(outbox)  # what a Redis restart without persistence looks like to the relay
+        await ledger.apply("c1", 0, "u1", [StartOp("after the restart")])
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
+    assert d.stats["redis_errors"] >= 1 and not d.failed.is_set()

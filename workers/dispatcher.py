@@ -190,6 +190,9 @@ class Dispatcher:
                 log.warning("dispatcher_redis_error", partition=p, error=str(exc), retry_in=backoff)
                 self.stats["redis_errors"] += 1
                 await asyncio.sleep(backoff)
+                if "NOGROUP" in str(exc):  # the stream or group vanished (e.g. Redis restarted without data)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.pool.xgroup_create(outbox, GROUP, id="0", mkstream=True)
                 backoff = min(backoff * 2, 2.0)
                 last_id = "0"  # whatever we held is still pending: go through it again
 

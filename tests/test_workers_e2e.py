@@ -253,3 +253,20 @@ async def test_relay_killed_under_load_dispatches_each_task_once(
 
 async def _is_complete(j: Job) -> bool:
     return await j.status() is JobStatus.complete
+
+
+async def test_health_check_and_clean_exits(redis: Redis, keys: Keys, procs: Procs) -> None:
+    """``sraq workers --check`` sees a live pool; SIGTERM ends workers and the relay with exit 0."""
+
+    def check() -> int:
+        return procs.spawn("workers", "--check").wait(timeout=30)
+
+    assert await asyncio.to_thread(check) == 1  # nothing running yet
+    worker = procs.worker()
+    relay_proc = procs.spawn("dispatcher", "--partitions", "0-1")
+    await wait_workers(redis, 1)
+    await wait_until(lambda: redis.exists(keys.queue + ":health-check"), within=10)
+    assert await asyncio.to_thread(check) == 0
+    assert await asyncio.to_thread(procs.terminate, worker) == 0
+    assert await asyncio.to_thread(procs.terminate, relay_proc) == 0
+    assert await asyncio.to_thread(check) == 1  # a stopped pool removes its health record

@@ -30,6 +30,7 @@ from orchestrator.lanes import Capacity
 from orchestrator.membership import Lease, Membership, assignment, default_instance_id
 from orchestrator.metrics import Metrics, MetricsServer
 from orchestrator.partition import GROUP, TRANSIENT, PartitionWorker
+from orchestrator.router_metrics import register_router_metrics
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnProcessor, TurnRecord
 from workers.dispatcher import Dispatcher
@@ -76,6 +77,7 @@ class Orchestrator:
         self.backend = backend
         self.observer = observer
         self.metrics = Metrics()
+        register_router_metrics(self.metrics.registry, backend)
         self.capacity = Capacity(settings.max_in_flight)
         self.partitions: dict[int, PartitionWorker] = {}
         self.state = State.NEW
@@ -103,6 +105,20 @@ class Orchestrator:
         if self._redis is None:
             raise RuntimeError("orchestrator not started")
         return self._redis
+
+    async def _warm_up(self) -> None:
+        """Health check and warm-up of the model tiers (``start()`` of a cascade or a server tier).
+
+        A tier that is down at start-up is not fatal: the cascade escalates past it per turn, and
+        the failure is logged so an operator sees it at once.
+        """
+        start = getattr(self.backend, "start", None)
+        if start is None:
+            return
+        try:
+            await start()
+        except Exception as exc:
+            self.log.warning("tier_warm_up_failed", backend=self.backend.name, error=str(exc))
 
     async def start(self) -> None:
         """Register, take this instance's share of partitions, start reading. Idempotent."""
@@ -137,6 +153,7 @@ class Orchestrator:
                     keep_result_s=s.task_keep_result_s,
                 )
                 await self.dispatcher.start()
+            await self._warm_up()
             self.state = State.RUNNING
             await self._tick()
         except BaseException:

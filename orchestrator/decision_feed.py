@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -28,6 +29,11 @@ def decision_json(event: DecisionEvent, version: int) -> dict[str, object]:
     }
 
 
+def decode_decision(fields: dict[bytes, bytes]) -> dict[str, object]:
+    """A decisions-stream entry as its ``sraq tail --json`` line."""
+    return decision_json(_event_decoder.decode(fields[b"data"]), int(fields.get(b"lv", b"0")))
+
+
 async def stream_heads(redis: Redis, keys: Keys) -> dict[str, str]:
     """The last entry id of every partition's decision stream (where "from now on" starts)."""
     streams = [pk.decisions for pk in keys.all_partitions()]
@@ -39,22 +45,28 @@ async def stream_heads(redis: Redis, keys: Keys) -> dict[str, str]:
 
 
 async def follow(
-    redis: Redis, keys: Keys, *, from_start: bool = False, block_ms: int = 250
+    redis: Redis,
+    keys: Keys,
+    *,
+    from_start: bool = False,
+    block_ms: int = 250,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[dict[str, object]]:
     """Yield every decision committed from now on (or from the start), in stream order per partition.
 
-    The iterator never ends by itself; the caller stops iterating (or cancels) when done.
+    Ends when ``stop`` is set (checked at least every ``block_ms``); otherwise the caller stops
+    iterating (or cancels) when done.
     """
     if from_start:
         cursor = {pk.decisions: "0-0" for pk in keys.all_partitions()}
     else:
         cursor = await stream_heads(redis, keys)
-    while True:
+    while stop is None or not stop.is_set():
         reply = await redis.xread(cursor, count=500, block=block_ms)  # type: ignore[arg-type]
         for name, entries in reply or ():
             stream = name.decode()
             for entry_id, fields in entries:
                 cursor[stream] = entry_id.decode()
-                line = decision_json(_event_decoder.decode(fields[b"data"]), int(fields.get(b"lv", b"0")))
+                line = decode_decision(fields)
                 line["partition"] = keys.partition_of(str(line["conversation_id"]))
                 yield line

@@ -9,18 +9,15 @@ import json
 import signal
 
 import click
-import msgspec
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from ledger import DecisionEvent, Ledger
+from ledger import Ledger
 from ledger.turns import CONVERSATION_ID_RE
 from orchestrator.commands.common import connect, fail, load_settings, print_json, run
-from orchestrator.commands.publish import decision_json
+from orchestrator.decision_feed import follow
 from orchestrator.settings import Settings
-
-_event_decoder = msgspec.json.Decoder(DecisionEvent)
 
 
 def _check_conversation(conversation: str) -> None:
@@ -146,30 +143,14 @@ async def _tail(settings: Settings, as_json: bool, from_start: bool, count: int 
     console = Console()
     seen = 0
     try:
-        streams = [pk.decisions for pk in keys.all_partitions()]
-        if from_start:
-            cursor = dict.fromkeys(streams, "0-0")
-        else:
-            async with redis.pipeline(transaction=False) as pipe:
-                for s in streams:
-                    pipe.xrevrange(s, count=1)
-                lasts = await pipe.execute()
-            cursor = {s: (last[0][0].decode() if last else "0-0") for s, last in zip(streams, lasts, strict=True)}
-        while not stop.is_set() and (count is None or seen < count):
-            reply = await redis.xread(cursor, count=500, block=250)  # type: ignore[arg-type]
-            for name, entries in reply or ():
-                stream = name.decode()
-                for entry_id, fields in entries:
-                    cursor[stream] = entry_id.decode()
-                    line = decision_json(_event_decoder.decode(fields[b"data"]), int(fields.get(b"lv", b"0")))
-                    line["partition"] = keys.partition_of(str(line["conversation_id"]))
-                    if as_json:
-                        click.echo(json.dumps(line, ensure_ascii=False))
-                    else:
-                        _print_decision(console, line)
-                    seen += 1
-                    if count is not None and seen >= count:
-                        return
+        async for line in follow(redis, keys, from_start=from_start, stop=stop):
+            if as_json:
+                click.echo(json.dumps(line, ensure_ascii=False))
+            else:
+                _print_decision(console, line)
+            seen += 1
+            if count is not None and seen >= count:
+                return
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):

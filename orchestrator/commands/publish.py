@@ -11,9 +11,10 @@ import click
 import msgspec
 from redis.asyncio import Redis
 
-from ledger import DecisionEvent, Keys, Ledger
+from ledger import Keys, Ledger
 from ledger.turns import InvalidTurn, Publisher, Turn, make_turn
 from orchestrator.commands.common import connect, fail, load_settings, print_json, run
+from orchestrator.decision_feed import decode_decision
 from orchestrator.settings import Settings
 
 BULK_CHUNK = 1000
@@ -30,7 +31,6 @@ class FileTurn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _line_decoder = msgspec.json.Decoder(FileTurn)
-_event_decoder = msgspec.json.Decoder(DecisionEvent)
 
 
 def read_turns(path: Path, max_content_bytes: int) -> list[Turn]:
@@ -88,30 +88,14 @@ async def _wait_decision(redis: Redis, keys: Keys, turn: Turn, after: str, wait_
         for _name, entries in reply or ():
             for entry_id, fields in entries:
                 after = entry_id.decode()
-                event = _event_decoder.decode(fields[b"data"])
-                if event.turn_id == turn.turn_id and event.conversation_id == turn.conversation_id:
-                    return decision_json(event, int(fields.get(b"lv", b"0")))
+                line = decode_decision(fields)
+                if line["turn_id"] == turn.turn_id and line["conversation_id"] == turn.conversation_id:
+                    return line
         if not reply and await ledger.was_applied(turn.conversation_id, turn.turn_id):
             await asyncio.sleep(0.1)  # the commit is visible; its decision entry may be before `after`
             if await ledger.was_applied(turn.conversation_id, turn.turn_id):
                 return {"duplicate": True}
     return None
-
-
-def decision_json(event: DecisionEvent, version: int) -> dict[str, object]:
-    """The ``sraq tail --json`` line of a decision (INTERFACES.md; extra keys allowed)."""
-    return {
-        "conversation_id": event.conversation_id,
-        "turn_id": event.turn_id,
-        "action": event.action,
-        "args": event.args,
-        "tier": event.tier,
-        "confidence": event.confidence,
-        "latency_ms": event.latency_ms,
-        "reason": event.reason,
-        "event": "decision_failed" if event.reason == "undecided" else "decision",
-        "ledger_version": version or event.ledger_version,
-    }
 
 
 async def _single(settings: Settings, turn: Turn, wait: bool, wait_s: float) -> dict[str, object]:

@@ -314,16 +314,7 @@ class TurnProcessor:
         return _Plan(
             ops=ops,
             meta=DecisionMeta(action="noop", reason=reason),
-            event=DecisionEvent(
-                conversation_id=turn.conversation_id,
-                turn_id=turn.turn_id,
-                action="noop",
-                args={},
-                tier=None,
-                confidence=None,
-                latency_ms=None,
-                reason=reason,
-            ),
+            event=_noop_event(turn, reason, []),
             model_s=0.0,
         )
 
@@ -334,22 +325,27 @@ class TurnProcessor:
         return _Plan(
             ops=([event_op] if event_op is not None else []) + [NoteOp("")],
             meta=DecisionMeta(action="noop", reason=UNDECIDED, raw=f"{kind}: {detail}"[:2000]),
-            event=DecisionEvent(
-                conversation_id=turn.conversation_id,
-                turn_id=turn.turn_id,
-                action="noop",
-                args={},
-                tier=None,
-                confidence=None,
-                latency_ms=None,
-                reason=UNDECIDED,
-                path=path,
-            ),
+            event=_noop_event(turn, UNDECIDED, path),
             model_s=0.0,
             failure=kind,
             event_op=event_op,
             path=path,
         )
+
+
+def _noop_event(turn: Turn, reason: str, path: list[PathItem]) -> DecisionEvent:
+    """The decision event of a turn committed as ``noop`` without a model decision."""
+    return DecisionEvent(
+        conversation_id=turn.conversation_id,
+        turn_id=turn.turn_id,
+        action="noop",
+        args={},
+        tier=None,
+        confidence=None,
+        latency_ms=None,
+        reason=reason,
+        path=path,
+    )
 
 
 def _failure(exc: Exception) -> tuple[str, str, list[PathItem]]:

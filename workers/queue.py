@@ -37,6 +37,7 @@ def _enc_hook(obj: object) -> object:
     # readable as text instead of failing the result write ("unable to serialize result").
     if isinstance(obj, BaseException):
         return f"{type(obj).__name__}: {obj}"
+    # msgspec's enc_hook contract: NotImplementedError means "this type is not supported"
     raise NotImplementedError(f"cannot serialize {type(obj).__name__}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -23,15 +24,14 @@ from intent.features import (
     PAIR_NAMES,
     FloatArray,
     TfidfVocab,
-    context_terms,
     dense_features,
-    message_terms,
     pair_features,
 )
+from intent.term_index import TermIndex
 from intent.text import tool_event
 
 FORMAT = "sraq-embedded/1"
-_TASK_ACTIONS = np.array([a.needs_task for a in ACTIONS])
+_TASK_ACTIONS = tuple(a.needs_task for a in ACTIONS)
 
 
 #: What a task callback calls for: the user hears results and failures, not starts and progress.
@@ -100,32 +100,27 @@ class EmbeddedModel:
         self.pair_temperature = float(pair_temperature)
         self.info = dict(info or {})
         self.callback_confidence = float(self.info.get("callback_policy_confidence", 0.9))
-        self._ctx_offset = len(msg_vocab)
-        self._dense_offset = len(msg_vocab) + len(ctx_vocab)
+        self._terms = TermIndex(msg_vocab, ctx_vocab)
+        self._dense_coef = coef[len(msg_vocab) + len(ctx_vocab) :]
 
     # ---- inference -------------------------------------------------------------------------------
 
     def logits(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
-        """Uncalibrated action scores in ACTIONS order."""
-        m_idx, m_val = self.msg_vocab.transform(message_terms(transcript[-1]))
-        c_idx, c_val = self.ctx_vocab.transform(context_terms(transcript))
-        z = self.intercept.copy()
-        if m_idx.size:
-            z += m_val @ self.coef[m_idx]
-        if c_idx.size:
-            z += c_val @ self.coef[c_idx + self._ctx_offset]
-        z += dense_features(transcript, tasks) @ self.coef[self._dense_offset :]
+        """Uncalibrated action scores in ACTIONS order.
+
+        The same numbers as a row of the training matrix (:func:`intent.training._action_matrix`) times
+        ``coef``, computed with one gather and two small products: both sparse blocks come from
+        :class:`~intent.term_index.TermIndex` as rows of ``coef`` (numpy's per-call overhead, not
+        arithmetic, is the cost at this size).
+        """
+        rows, vals = self._terms.encode(transcript)
+        z: FloatArray = vals @ self.coef.take(rows, axis=0) + dense_features(transcript, tasks) @ self._dense_coef
+        z += self.intercept
         return z
 
     def action_proba(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
         """Calibrated probabilities over ACTIONS; update/cancel get 0 when no task is open."""
-        z = self.logits(transcript, tasks) / self.temperature
-        if not tasks:
-            z = np.where(_TASK_ACTIONS, -np.inf, z)
-        z = z - z.max()
-        p: FloatArray = np.exp(z)
-        p /= p.sum()
-        return p
+        return _softmax(self.logits(transcript, tasks), self.temperature, None if tasks else _TASK_ACTIONS)
 
     def task_proba(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
         """Calibrated probability, per open task, that the turn is about it."""
@@ -234,6 +229,18 @@ class Prediction:
 
     def __init__(self, action: Action, confidence: float, task_id: str | None, proba: FloatArray) -> None:
         self.action, self.confidence, self.task_id, self.proba = action, confidence, task_id, proba
+
+
+def _softmax(z: FloatArray, temperature: float, masked: tuple[bool, ...] | None) -> FloatArray:
+    """softmax(z / temperature) with ``masked`` classes at 0, in Python floats (5 values: numpy's
+    per-call overhead would be most of the cost)."""
+    scaled = [v / temperature for v in z.tolist()]
+    if masked is not None:
+        scaled = [-math.inf if m else v for v, m in zip(scaled, masked, strict=True)]
+    top = max(scaled)
+    e = [math.exp(v - top) for v in scaled]
+    total = sum(e)
+    return np.array([v / total for v in e], dtype=np.float64)
 
 
 def _strings(value: object) -> list[str]:

@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +39,7 @@ IntArray = npt.NDArray[np.int64]
 
 CONTEXT_MESSAGES = 3
 PREV_USER_CUES = ("cancel", "change", "request")
-_ROLE_TAG = {"user": "u:", "assistant": "a:", "tool": "t:"}
+ROLE_TAG = {"user": "u:", "assistant": "a:", "tool": "t:"}
 _ROLES = ("user", "assistant", "tool")
 _FILLERS_TEXT = "uh um er hmm mm ok okay k cool thanks thank thx ty yeah yep sure right hold on sec wait"
 _FILLERS = frozenset(_FILLERS_TEXT.split())
@@ -88,7 +89,6 @@ PAIR_NAMES: tuple[str, ...] = (
     "ctx_gap_msg_silent",
     "assistant_about_task_msg_silent",
 )
-_P = {name: i for i, name in enumerate(PAIR_NAMES)}
 
 _CLAUSE_SPLIT = re.compile(r"[.;!?\n]+|,\s*(?=(?:but|and|so|though|although)\b)|\b(?:but|however|though|although)\b")
 _KEEP_CUE = re.compile(
@@ -121,7 +121,7 @@ def context_terms(transcript: Sequence[ChatMessage]) -> list[str]:
     """Role-tagged word unigrams of the messages before the last one (most recent few)."""
     terms: list[str] = []
     for m in transcript[-1 - CONTEXT_MESSAGES : -1]:
-        tag = _ROLE_TAG.get(m.role, "x:")
+        tag = ROLE_TAG.get(m.role, "x:")
         event = tool_event(m.content) if m.role == "tool" else None
         if event is not None:
             terms.append(f"{tag}event={event[1]}")
@@ -203,32 +203,55 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
     f += cue_flags(text) if last.role == "user" else [0.0] * len(CUE_NAMES)
     # a tool callback is decided on after the user's last words: their cues still matter
     prev_user = next((m.content for m in reversed(transcript[:-1]) if m.role == "user"), "")
-    f += cue_flags(prev_user, PREV_USER_CUES)
+    f += _prev_user_cues(prev_user)
     return np.asarray(f, dtype=np.float64)
 
 
-def _task_text(task: TaskInfo) -> str:
-    return f"{task.summary} {task.last_update}"
+#: Bound of the caches below: features of tasks and of earlier messages, which repeat turn after turn.
+FEATURE_CACHE = 4096
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _task_view(summary: str, last_update: str) -> tuple[frozenset[str], frozenset[str]]:
+    """Stems and trigrams of a task: the same for every turn until its summary or update changes."""
+    # the stems are the same set as content_stems of the joined text; the summary's are reused from the cache
+    return content_stems(summary) | content_stems(last_update), trigram_set(f"{summary} {last_update}")
 
 
 def _task_stems(task: TaskInfo) -> frozenset[str]:
-    # same set as content_stems(_task_text(task)); the summary's stems are reused from the cache
-    return content_stems(task.summary) | content_stems(task.last_update)
+    return _task_view(task.summary, task.last_update)[0]
 
 
 def _task_trigrams(task: TaskInfo) -> frozenset[str]:
-    return trigram_set(_task_text(task))
+    return _task_view(task.summary, task.last_update)[1]
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _earlier_ids(content: str) -> frozenset[str]:
+    """Task ids named in a message before the last one (cached: it is rescanned every later turn)."""
+    return frozenset(mentioned_ids(content))
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _prev_user_cues(content: str) -> tuple[float, ...]:
+    """Cues of the user's message before the last one (cached: it is the same for several turns)."""
+    return tuple(cue_flags(content, PREV_USER_CUES))
 
 
 def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
-    """One row per task: how much the turn is about that task (see PAIR_NAMES)."""
-    n = len(tasks)
-    if n == 0:
+    """One row per task: how much the turn is about that task (see PAIR_NAMES).
+
+    Computed in Python floats, column by column, and converted to an array once: per-element numpy
+    assignments on a handful of rows cost more than the arithmetic.
+    """
+    if not tasks:
         return np.zeros((0, len(PAIR_NAMES)), dtype=np.float64)
     last = transcript[-1].content
     # a tool callback is decided on, but the user's words before it say which task matters
-    user_msgs = [m.content for m in transcript if m.role == "user"]
-    msg = last if transcript[-1].role == "user" or not user_msgs else f"{last} {user_msgs[-1]}"
+    msg = last
+    if transcript[-1].role != "user":
+        last_user = next((m.content for m in reversed(transcript) if m.role == "user"), None)
+        msg = last if last_user is None else f"{last} {last_user}"
     msg_stems, msg_tri = content_stems(msg), trigram_set(msg[:CHAR_NGRAM_CHARS])
     ctx = " ".join(m.content for m in transcript[-1 - CONTEXT_MESSAGES : -1])
     ctx_stems, ctx_tri = content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
@@ -236,45 +259,57 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
     tool_evt = tool_event(last_tool)
     prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
     asst_stems = content_stems(prev_assistant)
-    clauses = [c for c in _CLAUSE_SPLIT.split(msg.lower()) if c and c.strip()]
-    kept = [content_stems(c) for c in clauses if _KEEP_CUE.search(c)]
-    focus = [content_stems(c) for c in clauses if not _KEEP_CUE.search(c)]
+    kept: list[frozenset[str]] = []
+    focus: list[frozenset[str]] = []
+    for clause in _CLAUSE_SPLIT.split(msg.lower()):
+        if clause and clause.strip():
+            (kept if _KEEP_CUE.search(clause) else focus).append(content_stems(clause))
     in_msg = mentioned_ids(last)
-    in_transcript: set[str] = set()
-    for m in transcript:
-        in_transcript |= mentioned_ids(m.content)
-    out = np.zeros((n, len(PAIR_NAMES)), dtype=np.float64)
-    for j, task in enumerate(tasks):
-        t_stems, t_tri = _task_stems(task), _task_trigrams(task)
+    in_transcript = in_msg.union(*(_earlier_ids(m.content) for m in transcript[:-1]))
+    summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
+    id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
+    for task in tasks:
+        t_stems, t_tri = _task_view(task.summary, task.last_update)
         tid = task.id.lower()
-        row = out[j]
-        row[_P["msg_in_summary"]] = overlap(msg_stems, content_stems(task.summary))
-        row[_P["msg_in_task"]] = overlap(msg_stems, t_stems)
-        row[_P["msg_task_trigram"]] = dice(msg_tri, t_tri)
-        row[_P["ctx_in_task"]] = overlap(ctx_stems, t_stems)
-        row[_P["ctx_task_trigram"]] = dice(ctx_tri, t_tri)
-        row[_P["id_in_message"]] = float(tid in in_msg)
-        row[_P["id_in_last_tool"]] = float(tool_evt is not None and tool_evt[0] == tid)
-        row[_P["id_in_transcript"]] = float(tid in in_transcript)
-        row[_P["assistant_about_task"]] = overlap(asst_stems, t_stems)
-        row[_P["focus_clause_overlap"]] = max((overlap(c, t_stems) for c in focus), default=0.0)
-        row[_P["kept_clause_overlap"]] = max((overlap(c, t_stems) for c in kept), default=0.0)
+        summary_in.append(overlap(msg_stems, content_stems(task.summary)))
+        task_in.append(overlap(msg_stems, t_stems))
+        task_tri.append(dice(msg_tri, t_tri))
+        ctx_in.append(overlap(ctx_stems, t_stems))
+        ctx_tri_col.append(dice(ctx_tri, t_tri))
+        id_msg.append(float(tid in in_msg))
+        id_tool.append(float(tool_evt is not None and tool_evt[0] == tid))
+        id_seen.append(float(tid in in_transcript))
+        asst_in.append(overlap(asst_stems, t_stems))
+        focus_in.append(max((overlap(c, t_stems) for c in focus), default=0.0))
+        kept_in.append(max((overlap(c, t_stems) for c in kept), default=0.0))
     # relative evidence: how far each task is from the best one
-    msg_in_task, msg_tri_col = out[:, _P["msg_in_task"]], out[:, _P["msg_task_trigram"]]
-    best_overlap = msg_in_task.max()
-    out[:, _P["is_best_overlap"]] = msg_in_task >= best_overlap - 1e-12
-    out[:, _P["overlap_gap"]] = msg_in_task - best_overlap
-    out[:, _P["trigram_gap"]] = msg_tri_col - msg_tri_col.max()
-    focus_col = out[:, _P["focus_clause_overlap"]]
-    out[:, _P["focus_gap"]] = focus_col - focus_col.max()
-    ctx_col = out[:, _P["ctx_in_task"]]
-    out[:, _P["ctx_gap"]] = ctx_col - ctx_col.max()
+    best_overlap, best_tri, best_focus, best_ctx = max(task_in), max(task_tri), max(focus_in), max(ctx_in)
+    ctx_gap = [v - best_ctx for v in ctx_in]
     # the recent context (and the assistant's last words) say which task is meant mostly when the
     # message itself names none ("make it the earliest one"); when it does ("change the flight
     # search"), the message's own words win: the context features are split on that condition
     silent = float(best_overlap <= 0.0)
-    for name in ("ctx_in_task", "ctx_task_trigram", "ctx_gap", "assistant_about_task"):
-        silent_name = {"ctx_task_trigram": "ctx_trigram_msg_silent"}.get(name, f"{name}_msg_silent")
-        out[:, _P[silent_name]] = out[:, _P[name]] * silent
-        out[:, _P[name]] *= 1.0 - silent
-    return out
+    spoken = 1.0 - silent
+    columns = {
+        "msg_in_summary": summary_in,
+        "msg_in_task": task_in,
+        "msg_task_trigram": task_tri,
+        "ctx_in_task": [v * spoken for v in ctx_in],
+        "ctx_task_trigram": [v * spoken for v in ctx_tri_col],
+        "is_best_overlap": [float(v >= best_overlap - 1e-12) for v in task_in],
+        "overlap_gap": [v - best_overlap for v in task_in],
+        "trigram_gap": [v - best_tri for v in task_tri],
+        "id_in_message": id_msg,
+        "id_in_last_tool": id_tool,
+        "id_in_transcript": id_seen,
+        "assistant_about_task": [v * spoken for v in asst_in],
+        "focus_clause_overlap": focus_in,
+        "kept_clause_overlap": kept_in,
+        "focus_gap": [v - best_focus for v in focus_in],
+        "ctx_gap": [v * spoken for v in ctx_gap],
+        "ctx_in_task_msg_silent": [v * silent for v in ctx_in],
+        "ctx_trigram_msg_silent": [v * silent for v in ctx_tri_col],
+        "ctx_gap_msg_silent": [v * silent for v in ctx_gap],
+        "assistant_about_task_msg_silent": [v * silent for v in asst_in],
+    }
+    return np.array([columns[name] for name in PAIR_NAMES], dtype=np.float64).T

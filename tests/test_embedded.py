@@ -135,6 +135,44 @@ async def test_callbacks_echoing_a_request_do_not_start_work(backend: EmbeddedBa
         assert decision.intent.action in (Action.NOOP, Action.REPLY), (event, decision.intent)
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_inference_matches_the_training_features() -> None:
+    """The inference fast path (TermIndex, one gather, Python softmax) equals the training path.
+
+    The reference is what training computes: the sparse matrix of :func:`intent.training._action_matrix`
+    (term strings, ``TfidfVocab.transform``) times the coefficients, and ``pair_features`` for tasks.
+    """
+    from intent.contract import ACTIONS
+    from intent.embedded_model import callback_action
+    from intent.features import pair_features
+    from intent.training import _action_matrix
+
+    model = EmbeddedModel.load()
+    examples = load([TRAIN, TEST, ROOT / "data/challenge.jsonl"]).examples
+    reference = _action_matrix(examples, model.msg_vocab, model.ctx_vocab) @ model.coef + model.intercept
+    needs_task = np.array([a.needs_task for a in ACTIONS])
+    for ex, ref_logits in zip(examples, reference, strict=True):
+        logits = model.logits(ex.transcript, ex.tasks)
+        assert np.abs(logits - ref_logits).max() <= 1e-9, ex.id
+        z = ref_logits / model.temperature
+        ref_p = _softmax(np.where(needs_task, -np.inf, z) if not ex.tasks else z)
+        pred = model.predict(ex.transcript, ex.tasks)
+        assert np.abs(pred.proba - ref_p).max() <= 1e-9, ex.id
+        if callback_action(ex.transcript[-1]) is None:
+            assert pred.action is ACTIONS[int(ref_p.argmax())], ex.id
+        if pred.task_id is not None:
+            ref_q = _softmax(
+                (pair_features(ex.transcript, ex.tasks) @ model.pair_coef + model.pair_intercept)
+                / model.pair_temperature
+            )
+            assert np.abs(model.task_proba(ex.transcript, ex.tasks) - ref_q).max() <= 1e-9, ex.id
+            assert pred.task_id == ex.tasks[int(ref_q.argmax())].id, ex.id
+
+
 def test_train_save_load_round_trip(tmp_path: Path) -> None:
     from intent.training import train
 

@@ -1,0 +1,112 @@
+"""The TF-IDF blocks of a turn as coefficient-row indices: the embedded tier's inference fast path.
+
+Training builds the sparse blocks from term strings (:func:`~intent.features.message_terms` and
+:func:`~intent.features.context_terms`, then :meth:`~intent.features.TfidfVocab.transform`). Done per
+decision, that builds a few hundred strings (mostly character n-grams) and a dozen numpy calls on
+arrays of ~100 values, where numpy's per-call overhead dominates. :class:`TermIndex` goes from the
+turn's tokens straight to vocabulary indices, with bounded caches for what repeats in a conversation:
+
+* the character n-grams of a *word* (words recur across messages; the cache is keyed by the word);
+* the context terms of a message *before* the last one (it was the last message one turn earlier).
+
+The message being decided on is always featurised afresh. The result must equal the training path's
+numbers; ``tests/test_embedded.py`` checks it on every dataset row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from intent.contract import ChatMessage
+from intent.features import CHAR_NGRAM_CHARS, CONTEXT_MESSAGES, ROLE_TAG, FloatArray, IntArray, TfidfVocab
+from intent.text import tokens, tool_event, word_ngrams
+
+WORD_CACHE = 65_536
+MESSAGE_CACHE = 4096
+
+
+class TermIndex:
+    """Maps a turn to (coefficient-row indices, l2-normalised TF-IDF values) of both sparse blocks.
+
+    Indices of the context block are offset by ``len(msg_vocab)``: rows of the model's ``coef``.
+    """
+
+    def __init__(self, msg_vocab: TfidfVocab, ctx_vocab: TfidfVocab) -> None:
+        self._msg = msg_vocab.index
+        # character n-grams keyed without their "c:" prefix: no string concatenation per n-gram
+        self._char = {t[2:]: i for t, i in msg_vocab.index.items() if t.startswith("c:")}
+        offset = self._ctx_offset = len(msg_vocab)
+        self._ctx = {t: i + offset for t, i in ctx_vocab.index.items()}
+        self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
+        self._word_chars: Callable[[str], IntArray] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
+        self._context_rows: Callable[[str, str], IntArray] = lru_cache(maxsize=MESSAGE_CACHE)(
+            self._message_context_rows
+        )
+
+    def encode(self, transcript: Sequence[ChatMessage]) -> tuple[IntArray, FloatArray]:
+        """Distinct rows and l2-normalised TF-IDF values of [message block | context block].
+
+        The blocks' rows are disjoint (context rows are offset), so one sort of all of them finds
+        the repeated terms and leaves the message block first; each block is normalised on its own.
+        """
+        rows = np.concatenate([self.message_rows(transcript[-1]), *self.context_rows(transcript)])
+        n = rows.size
+        if n == 0:
+            return rows, np.zeros(0, dtype=np.float64)
+        rows.sort()
+        first = np.empty(n, dtype=np.bool_)
+        first[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=first[1:])
+        unique = rows[first]
+        vals = self._idf.take(unique)
+        if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
+            counts = np.diff(np.flatnonzero(first), append=n)
+            vals *= 1.0 + np.log(counts)
+        split = int(np.searchsorted(unique, self._ctx_offset))
+        for block in (vals[:split], vals[split:]):
+            if block.size:
+                block /= math.sqrt(float(block @ block))
+        return unique, vals
+
+    def message_rows(self, message: ChatMessage) -> IntArray:
+        """Vocabulary rows of :func:`~intent.features.message_terms` (with repeats, in no set order)."""
+        get = self._msg.get
+        text = message.content
+        if message.role == "tool":
+            event = tool_event(text)
+            body = text.split("]", 1)[-1] if event is not None else text
+            terms = [f"tool_event={event[1] if event else 'none'}", *word_ngrams(body, prefix="tw:")]
+            return np.array([i for i in map(get, terms) if i is not None], dtype=np.int64)
+        words = np.array([i for i in map(get, word_ngrams(text)) if i is not None], dtype=np.int64)
+        return np.concatenate([words, *map(self._word_chars, tokens(text[:CHAR_NGRAM_CHARS]))])
+
+    def context_rows(self, transcript: Sequence[ChatMessage]) -> list[IntArray]:
+        """Offset vocabulary rows of :func:`~intent.features.context_terms`, one array per message."""
+        return [self._context_rows(m.role, m.content) for m in transcript[-1 - CONTEXT_MESSAGES : -1]]
+
+    def _char_rows(self, word: str) -> IntArray:
+        # the n-grams char_ngrams(word) yields (3 to 5 characters of " word "), found in the vocabulary
+        get = self._char.get
+        padded = f" {word} "
+        width = len(padded)
+        grams = (padded[i : i + n] for n in range(3, min(5, width) + 1) for i in range(width - n + 1))
+        return _frozen([i for i in map(get, grams) if i is not None])
+
+    def _message_context_rows(self, role: str, content: str) -> IntArray:
+        tag = ROLE_TAG.get(role, "x:")
+        event = tool_event(content) if role == "tool" else None
+        terms = [f"{tag}event={event[1]}"] if event is not None else []
+        terms += [tag + t for t in tokens(content)]
+        get = self._ctx.get
+        return _frozen([i for i in map(get, terms) if i is not None])
+
+
+def _frozen(rows: list[int]) -> IntArray:
+    """A read-only row array (it is shared through a cache)."""
+    arr = np.array(rows, dtype=np.int64)
+    arr.flags.writeable = False
+    return arr

@@ -1,0 +1,81 @@
+"""The cue flags' fast path (lower-cased text, one scan for all word-led alternatives) against the
+definitions: the case-insensitive regexes of ``intent.cues.CUES``, searched one by one."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from intent.cues import _SOURCES, _WORD_LED, CUE_NAMES, CUES, cue_flags
+from intent.dataset import load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference(text: str) -> list[float]:
+    return [1.0 if CUES[name].search(text) else 0.0 for name in CUE_NAMES]
+
+
+def _fuzz_texts(n: int, seed: int = 0) -> list[str]:
+    """Random strings of the cues' own words, with case changes, punctuation, emoji and letters that
+    IGNORECASE folds specially (ſ, the Kelvin sign, dotted İ)."""
+    words = sorted(set(re.findall(r"[a-z']+", " ".join(p.pattern for p in CUES.values()))))
+    seps = [" ", "  ", ", ", ". ", "!", "?", "!!", "...", "…", "—", "-", "\n", " @", "@", "😂", "'", "_", "é", "É"]
+    seps += ["ſ", "\u212a", "İ", "\t", " - ", "\u00a0"]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        parts: list[str] = []
+        for _ in range(rng.randint(0, 8)):
+            word = rng.choice(words)
+            word = word.upper() if rng.random() < 0.2 else word.capitalize() if rng.random() < 0.2 else word
+            parts += [word, rng.choice(seps) if rng.random() < 0.5 else " "]
+        text = "".join(parts)
+        texts.append(text[: rng.randint(0, 80)] if rng.random() < 0.3 else text)
+    return texts
+
+
+def test_cue_flags_equal_the_definitions_on_the_dataset() -> None:
+    examples = load([ROOT / "data/train.jsonl", ROOT / "data/test.jsonl", ROOT / "data/challenge.jsonl"]).examples
+    texts = {m.content for ex in examples for m in ex.transcript}
+    for text in texts:
+        assert cue_flags(text) == _reference(text), text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cue_flags_equal_the_definitions_on_random_text(seed: int) -> None:
+    for text in _fuzz_texts(5000, seed):
+        assert cue_flags(text) == _reference(text), repr(text)
+        assert cue_flags(text, ("cancel", "request")) == [
+            _reference(text)[CUE_NAMES.index(n)] for n in ("cancel", "request")
+        ]
+
+
+def test_sources_suit_the_fast_path() -> None:
+    """What the fast path's rewrites rely on (see the comment in intent/cues.py)."""
+    for name, alternatives in _SOURCES.items():
+        for alt in alternatives:
+            # lower-cased text, case-sensitive match: no upper-case letter may appear outside escapes
+            assert not any(c.isupper() for c in re.sub(r"\\.", "", alt)), (name, alt)
+    for name, body in _WORD_LED.items():
+        # "\b" then a match that starts with a word character; no anchor or lookbehind sees the padding
+        outside_classes = body.replace("[^", "[")
+        assert "^" not in outside_classes and r"\A" not in body and "(?<" not in body, name
+        assert _first_chars(re._parser.parse(body)) <= set("abcdefghijklmnopqrstuvwxyz0123456789_"), name  # type: ignore[attr-defined]
+
+
+def _first_chars(parsed: object) -> set[str]:
+    """Characters a match of ``parsed`` (an ``re._parser`` tree) can start with; fails on other shapes."""
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    op, av = next(iter(parsed))  # type: ignore[call-overload]
+    if op is c.LITERAL:
+        return {chr(av)}
+    if op is c.SUBPATTERN:
+        return _first_chars(av[-1])
+    if op is c.BRANCH:
+        return set().union(*(_first_chars(branch) for branch in av[1]))
+    raise AssertionError(f"unexpected first item {op} in a word-led alternative")

@@ -1,13 +1,16 @@
 """``sraq bench loop``: what the orchestrator loop costs per turn, beyond the model.
 
-Three phases, each on its own throw-away key prefix (deleted afterwards), one Redis, one process:
+Three phases, each on its own throw-away key prefix (deleted afterwards), one Redis, one orchestrator
+process (the fixed-rate phase's publisher is a separate process, as clients are):
 
 1. **saturated**: N turns over C conversations are published first; an in-process Orchestrator then
    processes them as fast as it can. Throughput = N / (time from start to the last commit).
-2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher (same process,
-   pipelined batches every 10 ms) feeds a running Orchestrator. Per turn,
+2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher process
+   (:mod:`orchestrator.bench_publisher`, turns spread evenly over time) feeds a running
+   Orchestrator. Per turn,
    ``overhead = commit time - publish time - decision time`` (the router's own time is excluded;
-   stream delivery, lane queueing, the snapshot read and the commit are included). Also reported:
+   the publish write, stream delivery, lane queueing, the snapshot and the commit are included).
+   Also reported:
    ``processing_ms`` = read-to-commit minus decision time.
 3. **floor**: the same N turns read by a bare loop that only does ``XREADGROUP`` + the ledger's Lua
    apply (same script, same transcript message and decision event, XACK inside): one reader per
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,50 +39,12 @@ from redis.asyncio import Redis
 from intent.backend import Backend
 from ledger import Ack, ApplyCall, DecisionEvent, DecisionMeta, Keys, Ledger, Message, NoteOp
 from ledger.turns import Publisher, Turn, decode_entry, make_turn
+from orchestrator.bench_turns import utterance
 from orchestrator.partition import GROUP
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnRecord
-
-#: Shapes of user turns, filled from the slot lists below with a seeded generator: the turns are
-#: varied (nearly every text differs, as in real traffic) so no per-text cache of the model's
-#: features flatters the numbers, and they span every action a real model picks.
-TEMPLATES = (
-    "can you find me a flight to {city} {day} under {ref} EUR",
-    "actually make it the {time} one, {filler}",
-    "what's the weather like in {city} {day}?",
-    "{thanks}",
-    "cancel the {thing} please, we don't need it any more",
-    "book a table for {n} at {hour} somewhere near {place}, ref {ref}",
-    "any news on the {thing}?",
-    "please send the {doc} to {name} before {day}, it's order {ref}",
-    "hmm {filler} let me think about the {thing} first",
-    "also add {name} to the {thing}, {n} people in total",
-)
-SLOTS: dict[str, tuple[str, ...]] = {
-    "city": ("Lisbon", "Porto", "Kyoto", "Berlin", "Austin", "Nairobi", "Lima", "Oslo", "Hanoi", "Quebec"),
-    "day": ("next friday", "tomorrow", "on the 14th", "this weekend", "monday morning", "in two weeks"),
-    "time": ("morning", "evening", "7am", "late", "earliest", "cheapest", "direct"),
-    "filler": ("thanks", "if that's ok", "sorry", "no rush", "I think", "please"),
-    "thanks": ("thanks!", "thank you so much", "ok cool", "perfect, thanks", "great", "ty"),
-    "thing": ("hotel search", "flight", "dinner booking", "car rental", "report", "invoice", "visa form"),
-    "n": ("two", "three", "4", "six", "8"),
-    "hour": ("7", "8pm", "half past six", "noon", "9:30"),
-    "place": ("the station", "the office", "downtown", "the river", "our hotel"),
-    "doc": ("contract", "slides", "Q3 numbers", "itinerary", "receipts"),
-    "name": ("Ana", "Kenji", "Maria", "Tom", "Priya", "Lukas"),
-}
-
-
-def utterance(rng: random.Random) -> str:
-    """One user turn drawn from TEMPLATES (a third of them two sentences long)."""
-    parts = [rng.choice(TEMPLATES) for _ in range(2 if rng.random() < 0.33 else 1)]
-    filled = [
-        t.format(ref=rng.randint(100, 9999), **{k: rng.choice(v) for k, v in SLOTS.items() if "{" + k + "}" in t})
-        for t in parts
-    ]
-    return " ".join(filled)
 
 
 @dataclass(slots=True)
@@ -168,25 +135,16 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     orch = Orchestrator(s, backend, observer=observe)
     try:
         await orch.start()
-        publisher = Publisher(redis, keys)
-        per_tick = max(1, round(cfg.rate * 0.01))  # ~10 ms ticks; at low rates one turn a tick
-        tick = per_tick / cfg.rate
-        started = time.perf_counter()
-        sent = 0
-        rng = random.Random(17)
-        while sent < n:
-            # make_turn stamps ts = publish time, the start of the overhead measurement
-            batch = [
-                make_turn(f"bench-{(sent + j) % cfg.conversations}", utterance(rng), turn_id=f"r-{sent + j}")
-                for j in range(min(per_tick, n - sent))
-            ]
-            await publisher.publish_many(batch)
-            sent += len(batch)
-            # absolute schedule: a slow tick does not lower the offered rate
-            delay = started + (sent / per_tick) * tick - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        offered = n / (time.perf_counter() - started)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
+            "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
+            "--seconds", str(cfg.rate_seconds), "--conversations", str(cfg.conversations),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await client.communicate()
+        if client.returncode != 0:
+            raise RuntimeError(f"bench publisher exited with {client.returncode}")
+        offered = float(json.loads(out.decode().strip().splitlines()[-1])["offered_turns_per_s"])
         await asyncio.wait_for(done.wait(), timeout=60)
     finally:
         await orch.stop()

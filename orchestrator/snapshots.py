@@ -30,16 +30,21 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from intent import ChatMessage
+from intent import ChatMessage, TaskInfo
 from ledger import ApplyResult, LedgerSnapshot, Message, task_order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class View:
-    """A snapshot and its transcript as the intent layer sees it (converted once, then appended to)."""
+    """A snapshot and its transcript as the intent layer sees it (converted once, then appended to).
+
+    ``tasks`` is the router's view of the ledger's tasks, filled by the first turn that needs it and
+    reused by the next turns of the conversation until a commit changes the snapshot.
+    """
 
     snapshot: LedgerSnapshot
     chat: tuple[ChatMessage, ...]
+    tasks: list[TaskInfo] | None = None
 
     @classmethod
     def of(cls, snapshot: LedgerSnapshot) -> View:
@@ -54,9 +59,11 @@ def advanced(view: View, result: ApplyResult, messages: Sequence[Message], trans
     """
     snap = view.snapshot
     tasks = snap.tasks
+    infos = view.tasks
     if result.tasks:
         written = {t.id: t for t in result.tasks}
         tasks = sorted([written.pop(t.id, t) for t in tasks] + list(written.values()), key=task_order)
+        infos = None
     stamped = [Message(role=m.role, content=m.content, turn_id=m.turn_id, at=result.at, task_id=m.task_id)
                for m in messages]  # fmt: skip
     transcript = (snap.transcript + stamped)[-transcript_max:]
@@ -70,6 +77,7 @@ def advanced(view: View, result: ApplyResult, messages: Sequence[Message], trans
             applied_turns=snap.applied_turns + 1,
         ),
         chat,
+        infos,
     )
 
 

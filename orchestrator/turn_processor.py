@@ -290,7 +290,12 @@ class TurnProcessor:
             return self._recorded(turn, [NoteOp(f"event refused: {refused}")], f"event_refused: {refused}")
         if turn.role is Role.ASSISTANT:
             return self._recorded(turn, [NoteOp("")], "recorded")
-        tasks = task_view(snap, event_op)
+        if event_op is not None:
+            tasks = task_view(snap, event_op)
+        else:
+            if view.tasks is None:
+                view.tasks = task_view(snap, None)
+            tasks = view.tasks
         request = DecisionRequest(
             conversation_id=turn.conversation_id,
             turn_id=turn.turn_id,

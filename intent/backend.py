@@ -88,6 +88,18 @@ class Undecided(Exception):
 
 
 @runtime_checkable
+class SyncBackend(Protocol):
+    """A backend whose decision is CPU work only (no I/O, bounded time): a caller on an event loop may
+    call :meth:`decide_sync` directly instead of awaiting :meth:`Backend.decide` under a timeout."""
+
+    name: str
+
+    def decide_sync(self, request: DecisionRequest) -> Decision:
+        """The same decision :meth:`Backend.decide` returns, computed inline."""
+        ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """A decision tier (embedded, sglang, openai, or a cascade of them)."""
 

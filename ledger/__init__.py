@@ -30,7 +30,7 @@ from ledger.models import (
     TaskStatus,
     UpdateOp,
 )
-from ledger.store import ApplyCall, Ledger
+from ledger.store import ApplyCall, Ledger, task_order
 
 __all__ = [
     "OPEN_STATUSES",
@@ -63,4 +63,5 @@ __all__ = [
     "UpdateOp",
     "VersionConflict",
     "partition_of",
+    "task_order",
 ]

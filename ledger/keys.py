@@ -25,6 +25,7 @@ Tests isolate themselves by using a unique prefix, never by flushing the databas
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -99,31 +100,10 @@ class Keys:
     def partition(self, p: int) -> PartitionKeys:
         if not 0 <= p < self.partitions:
             raise ValueError(f"partition {p} out of range 0..{self.partitions - 1}")
-        base = f"{self.prefix}:{{{p}}}"
-        return PartitionKeys(
-            partition=p,
-            turns=f"{base}:turns",
-            outbox=f"{base}:outbox",
-            decisions=f"{base}:decisions",
-            dead=f"{base}:dead",
-            lease=f"{base}:lease",
-            fence=f"{base}:fence",
-            conversations=f"{base}:conversations",
-        )
+        return _partition_keys(self.prefix, p)
 
     def conversation(self, conversation_id: str) -> ConversationKeys:
-        p = self.partition_of(conversation_id)
-        base = f"{self.prefix}:{{{p}}}:c:{conversation_id}"
-        return ConversationKeys(
-            conversation_id=conversation_id,
-            partition=p,
-            meta=f"{base}:meta",
-            tasks=f"{base}:tasks",
-            transcript=f"{base}:transcript",
-            audit=f"{base}:audit",
-            applied=f"{base}:applied",
-            results=f"{base}:results",
-        )
+        return _conversation_keys(self.prefix, self.partitions, conversation_id)
 
     def task(self, conversation_id: str, task_id: str) -> TaskKeys:
         """Keys of one task: its update stream (read by the handler) and its dispatch/run record."""
@@ -157,3 +137,39 @@ class Keys:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""
         return f"{self.prefix}:*"
+
+
+# Key builders are on every turn's path (several times per turn): the strings are built once per
+# prefix/partition/conversation and reused (bounded, so a stream of one-off conversations cannot grow
+# memory without limit).
+
+
+@functools.lru_cache(maxsize=4096)
+def _partition_keys(prefix: str, p: int) -> PartitionKeys:
+    base = f"{prefix}:{{{p}}}"
+    return PartitionKeys(
+        partition=p,
+        turns=f"{base}:turns",
+        outbox=f"{base}:outbox",
+        decisions=f"{base}:decisions",
+        dead=f"{base}:dead",
+        lease=f"{base}:lease",
+        fence=f"{base}:fence",
+        conversations=f"{base}:conversations",
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def _conversation_keys(prefix: str, partitions: int, conversation_id: str) -> ConversationKeys:
+    p = partition_of(conversation_id, partitions)
+    base = f"{prefix}:{{{p}}}:c:{conversation_id}"
+    return ConversationKeys(
+        conversation_id=conversation_id,
+        partition=p,
+        meta=f"{base}:meta",
+        tasks=f"{base}:tasks",
+        transcript=f"{base}:transcript",
+        audit=f"{base}:audit",
+        applied=f"{base}:applied",
+        results=f"{base}:results",
+    )

@@ -145,12 +145,19 @@ class Ack(msgspec.Struct, frozen=True):
 
 
 class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of a successful apply (or of the earlier apply of the same turn id)."""
+    """Outcome of a successful apply (or of the earlier apply of the same turn id).
+
+    For a fresh apply, ``at`` is the commit time (Unix ms, the ``at`` of the transcript messages it
+    appended) and ``tasks`` the new state of every task it wrote, so a caller can advance its copy of
+    the ledger without reading it back. A duplicate carries neither (``at`` 0, no tasks).
+    """
 
     version: int
     created: list[str]
     touched: list[str]
     duplicate: bool = False
+    at: int = 0
+    tasks: list[Task] = msgspec.field(default_factory=list)
 
 
 class LedgerSnapshot(msgspec.Struct, frozen=True, kw_only=True):

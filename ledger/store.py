@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ledger.errors import (
     InvalidOp,
@@ -79,7 +80,7 @@ class _ApplyRequest(msgspec.Struct, omit_defaults=True):
 
 
 _task_decoder = msgspec.json.Decoder(Task)
-_message_decoder = msgspec.json.Decoder(Message)
+_messages_decoder = msgspec.json.Decoder(list[Message])
 _encoder = msgspec.json.Encoder()
 
 
@@ -249,17 +250,42 @@ class Ledger:
         return out
 
     async def _pipelined(self, calls: list[tuple[str, list[str], list[bytes]]], body: str) -> list[Any]:
-        """EVALSHA each call in one non-transactional pipeline; loads the script once on NOSCRIPT."""
+        """EVALSHA each call in one pipelined write; loads the script once on NOSCRIPT.
+
+        Returns one reply per call, a ``ResponseError`` instance in place of a failed call's reply.
+        """
         for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sha, keys, args in calls:
-                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            packed = b"".join(_pack_evalsha(sha, keys, args) for sha, keys, args in calls)
+            replies = await self._send(packed, len(calls))
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 await self.redis.script_load(body)  # Redis restarted or flushed its script cache
                 continue
             return replies
         return replies  # pragma: no cover - the loop always returns
+
+    async def _send(self, packed: bytes, count: int) -> list[Any]:
+        """Write ``count`` packed commands on one pooled connection and read their replies.
+
+        What redis-py's pipeline does, minus its per-command bookkeeping (argument encoding, callback
+        lookup, retry wrappers), which cost more than Redis itself on this path. A connection whose
+        replies were not all read (error, cancellation) is closed, never reused half-read.
+        """
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def snapshot(self, conversation_id: str) -> LedgerSnapshot:
         """Version, tasks and transcript of a conversation in one round trip (MULTI/EXEC)."""
@@ -293,31 +319,51 @@ class Ledger:
         return exists
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _evalsha_head(sha: str, keys: tuple[str, ...], nargs: int) -> bytes:
+    """The RESP encoding of ``EVALSHA sha numkeys key...`` (the same for every turn of a conversation)."""
+    head = [b"*%d\r\n" % (3 + len(keys) + nargs), _bulk(b"EVALSHA"), _bulk(sha.encode()), _bulk(b"%d" % len(keys))]
+    return b"".join(head + [_bulk(k.encode("utf-8")) for k in keys])
+
+
+def _pack_evalsha(sha: str, keys: list[str], args: list[bytes]) -> bytes:
+    return _evalsha_head(sha, tuple(keys), len(args)) + b"".join(_bulk(a) for a in args)
+
+
 def _result(reply: list[Any], reject: _Reject) -> ApplyResult:
     if _text(reply[0]) != "ok":
         raise reject.error(reply)
+    duplicate = bool(int(reply[4]))
     return ApplyResult(
         version=int(reply[1]),
         created=_csv(reply[2]),
         touched=_csv(reply[3]),
-        duplicate=bool(int(reply[4])),
+        duplicate=duplicate,
+        at=0 if duplicate else int(reply[5]),
+        tasks=[] if duplicate else [_task_decoder.decode(raw) for raw in reply[6:]],
     )
 
 
 def _snapshot(
     conversation_id: str, version: Any, applied: Any, raw_tasks: list[bytes], raw_messages: list[bytes]
 ) -> LedgerSnapshot:
-    tasks = sorted((_task_decoder.decode(r) for r in raw_tasks), key=_task_order)
+    tasks = sorted((_task_decoder.decode(r) for r in raw_tasks), key=task_order)
     return LedgerSnapshot(
         conversation_id=conversation_id,
         version=int(version or 0),
         tasks=tasks,
-        transcript=[_message_decoder.decode(m) for m in raw_messages],
+        # one decoder call for the whole list: per-message calls cost more than the parsing itself
+        transcript=_messages_decoder.decode(b"[" + b",".join(raw_messages) + b"]"),
         applied_turns=int(applied or 0),
     )
 
 
-def _task_order(task: Task) -> tuple[int, str]:
+def task_order(task: Task) -> tuple[int, str]:
+    """Sort key of tasks: by their number (task-2 before task-10), then id."""
     num = task.id.rpartition("-")[2]
     return (int(num) if num.isdigit() else 1 << 62, task.id)
 

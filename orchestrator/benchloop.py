@@ -1,13 +1,16 @@
 """``sraq bench loop``: what the orchestrator loop costs per turn, beyond the model.
 
-Three phases, each on its own throw-away key prefix (deleted afterwards), one Redis, one process:
+Three phases, each on its own throw-away key prefix (deleted afterwards), one Redis, one orchestrator
+process (the fixed-rate phase's publisher is a separate process, as clients are):
 
 1. **saturated**: N turns over C conversations are published first; an in-process Orchestrator then
    processes them as fast as it can. Throughput = N / (time from start to the last commit).
-2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher (same process,
-   pipelined batches every 10 ms) feeds a running Orchestrator. Per turn,
+2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher process
+   (:mod:`orchestrator.bench_publisher`, turns spread evenly over time) feeds a running
+   Orchestrator. Per turn,
    ``overhead = commit time - publish time - decision time`` (the router's own time is excluded;
-   stream delivery, lane queueing, the snapshot read and the commit are included). Also reported:
+   the publish write, stream delivery, lane queueing, the snapshot and the commit are included).
+   Also reported:
    ``processing_ms`` = read-to-commit minus decision time.
 3. **floor**: the same N turns read by a bare loop that only does ``XREADGROUP`` + the ledger's Lua
    apply (same script, same transcript message and decision event, XACK inside): one reader per
@@ -24,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,21 +39,12 @@ from redis.asyncio import Redis
 from intent.backend import Backend
 from ledger import Ack, ApplyCall, DecisionEvent, DecisionMeta, Keys, Ledger, Message, NoteOp
 from ledger.turns import Publisher, Turn, decode_entry, make_turn
+from orchestrator.bench_turns import utterance
 from orchestrator.partition import GROUP
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnRecord
-
-#: A few shapes of user turns, so a real model sees varied input.
-CONTENTS = (
-    "can you find me a flight to Lisbon next friday",
-    "actually make it the morning flight",
-    "what's the weather like there",
-    "thanks!",
-    "cancel the hotel search please",
-    "and book a table for two at 8",
-)
 
 
 @dataclass(slots=True)
@@ -68,10 +65,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def _turns(conversations: int, n: int, tag: str) -> list[Turn]:
     """``n`` turns round-robin over the conversations (order within each conversation = list order)."""
-    return [
-        make_turn(f"bench-{c % conversations}", CONTENTS[(i // conversations) % len(CONTENTS)], turn_id=f"{tag}-{i}")
-        for i, c in enumerate(range(n))
-    ]
+    rng = random.Random(13)
+    return [make_turn(f"bench-{i % conversations}", utterance(rng), turn_id=f"{tag}-{i}") for i in range(n)]
 
 
 async def _cleanup(redis: Redis, keys: Keys) -> None:
@@ -140,28 +135,16 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     orch = Orchestrator(s, backend, observer=observe)
     try:
         await orch.start()
-        publisher = Publisher(redis, keys)
-        per_tick = max(1, round(cfg.rate * 0.01))  # ~10 ms ticks; at low rates one turn a tick
-        tick = per_tick / cfg.rate
-        started = time.perf_counter()
-        sent = 0
-        while sent < n:
-            # make_turn stamps ts = publish time, the start of the overhead measurement
-            batch = [
-                make_turn(
-                    f"bench-{(sent + j) % cfg.conversations}",
-                    CONTENTS[(sent + j) % len(CONTENTS)],
-                    turn_id=f"r-{sent + j}",
-                )
-                for j in range(min(per_tick, n - sent))
-            ]
-            await publisher.publish_many(batch)
-            sent += len(batch)
-            # absolute schedule: a slow tick does not lower the offered rate
-            delay = started + (sent / per_tick) * tick - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        offered = n / (time.perf_counter() - started)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
+            "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
+            "--seconds", str(cfg.rate_seconds), "--conversations", str(cfg.conversations),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await client.communicate()
+        if client.returncode != 0:
+            raise RuntimeError(f"bench publisher exited with {client.returncode}")
+        offered = float(json.loads(out.decode().strip().splitlines()[-1])["offered_turns_per_s"])
         await asyncio.wait_for(done.wait(), timeout=60)
     finally:
         await orch.stop()

@@ -44,11 +44,25 @@ cli.add_command(demo.demo)
 
 
 def main() -> None:
-    """Console-script entry point. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input."""
+    """Console-script entry point. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.
+
+    Usage errors print one line on stderr (scripts parse it; INTERFACES.md), not click's usage block.
+    """
     try:
-        cli.main(standalone_mode=True)
-    except KeyboardInterrupt:
+        code = cli.main(standalone_mode=False)
+    except click.UsageError as exc:
+        if exc.ctx is not None and type(exc).__name__ == "NoArgsIsHelpError":  # bare `sraq`, `sraq bench`
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        path = exc.ctx.command_path if exc.ctx is not None else "sraq"
+        click.echo(f"sraq: {exc.format_message()} (see '{path} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"sraq: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from orchestrator.metrics import Metrics, MetricsServer
 from orchestrator.partition import GROUP, TRANSIENT, PartitionWorker
 from orchestrator.router_metrics import register_router_metrics
 from orchestrator.settings import Settings
+from orchestrator.snapshots import SnapshotCache
 from orchestrator.turn_processor import TurnProcessor, TurnRecord
 from workers.dispatcher import Dispatcher
 from workers.queue import create_pool
@@ -132,6 +133,7 @@ class Orchestrator:
             self.ledger,
             self.backend,
             self.metrics,
+            cache=SnapshotCache(s.snapshot_cache, s.transcript_max),
             decision_timeout_ms=s.decision_timeout_ms,
             conflict_retries=s.conflict_retries,
             observer=self.observer,

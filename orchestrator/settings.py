@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         512, ge=1, description="Turns read but not yet committed, over all partitions (backpressure bound)"
     )
+    snapshot_cache: int = Field(
+        4096,
+        ge=0,
+        description="Conversations whose ledger snapshot stays in memory between turns (0: read every turn)",
+    )
     read_batch: int = Field(128, ge=1, description="Entries per XREADGROUP call")
     read_block_ms: int = Field(500, ge=10, description="XREADGROUP BLOCK time (also bounds how fast reading stops)")
     max_deliveries: int = Field(5, ge=1, description="An entry delivered more times than this is dead-lettered")

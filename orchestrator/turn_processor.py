@@ -1,7 +1,8 @@
 """One turn: snapshot → decision → ledger ops → one atomic commit (fenced, with the XACK and the
 decision event).
 
-* The snapshot (version, tasks, transcript) is one pipelined ``MULTI/EXEC`` read.
+* The snapshot (version, tasks, transcript) comes from the :class:`~orchestrator.snapshots.SnapshotCache`
+  (kept current by this instance's own commits) or, when it has none, one pipelined read.
 * Task events (``role=tool`` with ``task_id``/``event``) apply their lifecycle change as an
   :class:`~ledger.EventOp` deterministically (no model needed); the router then sees the task *after*
   the event and decides whether to reply or wait. An event the ledger would refuse (unknown task,
@@ -27,7 +28,15 @@ import structlog
 
 from intent import CancelTask, ChatMessage, Intent, InvalidDecision, Noop, Reply, StartTask, TaskInfo, UpdateTask
 from intent import validate as validate_intent
-from intent.backend import Backend, BackendError, BackendTimeout, DecisionRequest, TierAttempt, Undecided
+from intent.backend import (
+    Backend,
+    BackendError,
+    BackendTimeout,
+    DecisionRequest,
+    SyncBackend,
+    TierAttempt,
+    Undecided,
+)
 from ledger import (
     Ack,
     ApplyCall,
@@ -57,6 +66,7 @@ from orchestrator.batching import Coalescer
 from orchestrator.membership import Lease
 from orchestrator.metrics import Metrics
 from orchestrator.partition import GROUP, Entry
+from orchestrator.snapshots import SnapshotCache, View
 
 log = structlog.get_logger("sraq.turn")
 
@@ -169,13 +179,17 @@ class TurnProcessor:
         metrics: Metrics,
         *,
         coalescer: Coalescer | None = None,
+        cache: SnapshotCache | None = None,
         decision_timeout_ms: int,
         conflict_retries: int,
         observer: Callable[[TurnRecord], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.store = coalescer or Coalescer(ledger)
+        self.cache = cache if cache is not None else SnapshotCache(0, ledger.transcript_max)
         self.backend = backend
+        # a CPU-only tier is called inline: no timeout scope and no extra await per decision
+        self._decide_sync = backend.decide_sync if isinstance(backend, SyncBackend) else None
         self.metrics = metrics
         self.decision_timeout = decision_timeout_ms / 1000
         self.conflict_retries = conflict_retries
@@ -191,23 +205,33 @@ class TurnProcessor:
         result: ApplyResult | None = None
         plan: _Plan | None = None
         for attempt in range(self.conflict_retries + 1):
-            snap = await self.store.snapshot(conv)
-            plan = await self._plan(turn, snap)
+            view, cached = await self._view(turn, lease.token, fresh=attempt > 0)
+            plan = await self._plan(turn, view)
             model_s += plan.model_s
-            if plan.failure is not None:
-                result = await commit.fallback(plan)
-                break
+            if cached and plan.failure == "invalid" and attempt < self.conflict_retries:
+                # e.g. a task id the cached ledger does not know: make sure it is not our copy that is behind
+                self.cache.drop(conv)
+                continue
             try:
-                result = await commit.apply(snap.version, plan)
-                break
+                if plan.failure is not None:
+                    result = await commit.fallback(plan)
+                else:
+                    result = await commit.apply(view.snapshot.version, plan)
             except _RETRYABLE as exc:
+                self.cache.drop(conv)
                 self.metrics.conflicts.inc()
                 log.info("conflict", conversation_id=conv, turn_id=turn.turn_id, attempt=attempt, error=str(exc))
+                continue
             except InvalidOp as exc:
                 plan = self._failed(turn, plan.event_op, "invalid_op", f"ledger refused the ops: {exc}", plan.path)
                 result = await commit.fallback(plan)
-                break
+            except BaseException:
+                self.cache.drop(conv)  # lease lost, Redis gone, cancelled: the commit's fate is unknown
+                raise
+            self.cache.committed(conv, lease.token, view, result, commit.sent)
+            break
         if result is None or plan is None:
+            self.cache.drop(conv)
             event_op = plan.event_op if plan is not None else None
             detail = f"ledger kept changing after {self.conflict_retries} re-decisions"
             plan = self._failed(turn, event_op, "conflict", detail, [])
@@ -248,27 +272,45 @@ class TurnProcessor:
                 )
             )
 
-    async def _plan(self, turn: Turn, snap: LedgerSnapshot) -> _Plan:
-        """Decide the turn against ``snap`` and map the decision to ledger ops."""
+    async def _view(self, turn: Turn, token: str, *, fresh: bool) -> tuple[View, bool]:
+        """The conversation's snapshot and whether it came from the cache (used unless ``fresh`` or
+        for a task event: see orchestrator/snapshots.py)."""
+        conv = turn.conversation_id
+        if not fresh and turn.event is None:
+            cached = self.cache.get(conv, token)
+            if cached is not None:
+                return cached, True
+        return View.of(await self.store.snapshot(conv)), False
+
+    async def _plan(self, turn: Turn, view: View) -> _Plan:
+        """Decide the turn against ``view`` and map the decision to ledger ops."""
+        snap = view.snapshot
         event_op, refused = event_check(turn, snap)
         if refused is not None:
             return self._recorded(turn, [NoteOp(f"event refused: {refused}")], f"event_refused: {refused}")
         if turn.role is Role.ASSISTANT:
             return self._recorded(turn, [NoteOp("")], "recorded")
-        tasks = task_view(snap, event_op)
+        if event_op is not None:
+            tasks = task_view(snap, event_op)
+        else:
+            if view.tasks is None:
+                view.tasks = task_view(snap, None)
+            tasks = view.tasks
         request = DecisionRequest(
             conversation_id=turn.conversation_id,
             turn_id=turn.turn_id,
-            transcript=[ChatMessage(role=m.role, content=m.content) for m in snap.transcript]
-            + [ChatMessage(role=turn.role.value, content=turn.transcript_text)],
+            transcript=[*view.chat, ChatMessage(role=turn.role.value, content=turn.transcript_text)],
             tasks=tasks,
             deadline=time.monotonic() + self.decision_timeout,
         )
         started = time.perf_counter()
         try:
-            # the deadline is also enforced here: a tier that ignores it cannot stall the lane
-            async with asyncio.timeout(self.decision_timeout + 0.05):
-                decision = await self.backend.decide(request)
+            if self._decide_sync is not None:
+                decision = self._decide_sync(request)
+            else:
+                # the deadline is also enforced here: a tier that ignores it cannot stall the lane
+                async with asyncio.timeout(self.decision_timeout + 0.05):
+                    decision = await self.backend.decide(request)
             intent = validate_intent(decision.intent, [t.id for t in tasks if t.status in ("pending", "running")])
             ops = intent_ops(intent)
         except Exception as exc:
@@ -375,6 +417,7 @@ class _Commit:
             role=turn.role.value, content=turn.transcript_text, turn_id=turn.turn_id, task_id=turn.task_id
         )
         self.messages = [message]
+        self.sent: list[Message] = []  # the messages of the last apply (what the transcript gained)
 
     def _messages(self, plan: _Plan) -> list[Message]:
         """The turn, and for a ``reply`` what the assistant says, so later decisions see both."""
@@ -385,9 +428,10 @@ class _Commit:
         return [*self.messages, said]
 
     async def apply(self, expected: int | None, plan: _Plan, ops: Sequence[Op] | None = None) -> ApplyResult:
+        self.sent = self._messages(plan)
         call = ApplyCall(
             self.turn.conversation_id, expected, self.turn.turn_id, ops or plan.ops, decision=plan.meta,
-            messages=self._messages(plan), fencing_token=self.token, ack=self.ack, event=plan.event,
+            messages=self.sent, fencing_token=self.token, ack=self.ack, event=plan.event,
         )  # fmt: skip
         return await self.store.apply(call)
 

@@ -49,6 +49,9 @@ def test_bench_loop(redis_url: str) -> None:
     for key in ("throughput_turns_per_s", "floor_turns_per_s", "ratio_to_floor"):
         assert isinstance(out[key], float) and out[key] > 0
     _pcts(out["overhead_ms"], "p50", "p99")
+    at_rate = out["at_rate"]
+    assert isinstance(at_rate, dict) and at_rate["turns"] == 100  # published by the paced client process
+    assert 50 < at_rate["offered_turns_per_s"] < 200
 
 
 @pytest.mark.timeout(150)

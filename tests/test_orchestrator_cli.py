@@ -173,3 +173,15 @@ def test_bench_loop_json(redis_url: str) -> None:
         assert isinstance(out[key], float) and out[key] > 0
     assert set(out["overhead_ms"]) == {"p50", "p99"} and out["overhead_ms"]["p99"] >= out["overhead_ms"]["p50"] >= 0
     assert out["at_rate"]["turns"] == 100
+
+
+def test_usage_errors_are_one_line_with_exit_2(redis_url: str, prefix: str) -> None:
+    env = _env(redis_url, prefix)
+    for args in (["publish", "--bogus"], ["ledger"], ["bench", "loop", "--turns", "abc"], ["nosuchcommand"]):
+        res = sraq(env, *args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sraq: "), (args, res.stderr)
+        assert res.stdout == ""
+    bare = sraq(env)  # no command: the help, not an error
+    assert bare.returncode == 0 and "Commands:" in bare.stdout

@@ -2,7 +2,9 @@
 -- KEYS: 1 meta, 2 tasks, 3 transcript, 4 audit, 5 applied, 6 results, 7 outbox,
 --       8 lease, 9 turns stream, 10 decisions stream, 11 conversations set
 -- ARGV[1]: JSON request (see ledger/store.py: _ApplyRequest)
--- Returns an array: {"ok", version, created_csv, touched_csv, duplicate} or an error tuple
+-- Returns an array: {"ok", version, created_csv, touched_csv, duplicate, now_ms, task_json...}
+-- (task_json: the new state of every task this apply wrote, so the caller can keep its copy of the
+-- ledger current without reading it back; a duplicate returns no time and no tasks) or an error tuple
 -- {"conflict", current} | {"unknown", task} | {"closed", task, status} |
 -- {"stale", task, attempt, current} | {"lease"} | {"invalid", message}.
 -- Every check runs before the first write, so a rejected apply changes nothing.
@@ -150,11 +152,13 @@ redis.call('HINCRBY', KEYS[1], 'applied_turns', 1)
 redis.call('SADD', KEYS[11], req.conv)
 
 local after_json = {}
+local written = {}
 for _, id in ipairs(order) do
   local enc = cjson.encode(tasks[id])
   after_json[id] = enc
   if enc ~= before[id] then
     redis.call('HSET', KEYS[2], id, enc)
+    table.insert(written, enc)
   end
 end
 
@@ -215,4 +219,4 @@ if present(req.event) then
 end
 
 ack_turn()
-return {'ok', version, created_csv, touched_csv, 0}
+return {'ok', version, created_csv, touched_csv, 0, now, unpack(written)}

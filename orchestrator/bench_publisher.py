@@ -1,0 +1,74 @@
+"""The paced client of ``sraq bench loop``: a separate process publishing turns at a fixed rate.
+
+Real turns come from other processes (gateways, clients), never from inside the orchestrator, so the
+fixed-rate phase publishes from here: the orchestrator's event loop and CPU are its own, as in
+production. Turns are published on an absolute schedule (turn ``i`` is due ``i / rate`` seconds after
+the start; whatever is due goes out in one pipelined write), so arrivals are spread over time instead
+of coming in large bursts, and a slow write does not lower the offered rate. Each turn's ``ts`` is
+stamped just before its write: the start of the overhead measurement.
+
+Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
+object ``{"published": int, "seconds": float, "offered_turns_per_s": float}`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+
+import uvloop
+from redis.asyncio import Redis
+
+from ledger import Keys
+from ledger.turns import Publisher, make_turn
+from orchestrator.bench_turns import utterance
+
+
+async def publish_paced(
+    redis_url: str, keys: Keys, *, rate: float, seconds: float, conversations: int, seed: int = 17
+) -> dict[str, float]:
+    """Publish ``rate * seconds`` turns over ``conversations`` at ``rate`` turns/s."""
+    n = int(rate * seconds)
+    rng = random.Random(seed)
+    texts = [utterance(rng) for _ in range(n)]
+    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=2.0)
+    publisher = Publisher(redis, keys)
+    try:
+        started = time.perf_counter()
+        sent = 0
+        while sent < n:
+            due = min(n, int((time.perf_counter() - started) * rate) + 1)
+            if due > sent:
+                # make_turn stamps ts now: the overhead of a turn is counted from here
+                batch = [make_turn(f"bench-{i % conversations}", texts[i], turn_id=f"r-{i}") for i in range(sent, due)]
+                await publisher.publish_many(batch)
+                sent = due
+            else:
+                await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+        elapsed = time.perf_counter() - started
+    finally:
+        await redis.aclose()
+    return {"published": n, "seconds": round(elapsed, 3), "offered_turns_per_s": round(n / elapsed, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench_publisher", description=__doc__)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--conversations", type=int, required=True)
+    args = parser.parse_args(argv)
+    keys = Keys(prefix=args.prefix, partitions=args.partitions)
+    result = uvloop.run(
+        publish_paced(args.redis_url, keys, rate=args.rate, seconds=args.seconds, conversations=args.conversations)
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,11 @@ def _embedded(settings: Settings) -> Backend:
         backend: Backend = module.EmbeddedBackend.load(settings.embedded_model)
     except Exception as exc:
         raise BackendConfigError(f"cannot load the embedded model: {exc}") from None
+    if settings.embedded_processes > 0:
+        # loaded above only to refuse a bad artefact now; the children load their own copy
+        from intent.embedded_process import ProcessEmbeddedBackend
+
+        return ProcessEmbeddedBackend(settings.embedded_model, processes=settings.embedded_processes)
     return backend
 
 

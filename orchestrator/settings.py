@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # intent tiers
     intent_tiers: str = Field("embedded", description="Comma-separated cascade, e.g. embedded,sglang,openai")
     embedded_model: str | None = Field(None, description="Path of an embedded model artefact (default: shipped)")
+    embedded_processes: int = Field(
+        0, ge=0, description="Child processes running the embedded model for the orchestrator (0: inline)"
+    )
     sglang_url: str = Field("http://localhost:30000", description="SGLang server for the student tier")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL for the teacher tier")
     openai_model: str | None = Field(None, description="Teacher model name")

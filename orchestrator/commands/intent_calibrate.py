@@ -84,7 +84,7 @@ def calibrate_cmd(
         fail(f"{data}: no usable rows", 2)
     settings = load_settings()
     try:  # fit on raw probabilities: the tier's current calibration is not applied to action_probs
-        backend = build_backend(settings.model_copy(update={"intent_tiers": backend_name}))
+        backend = build_backend(settings.model_copy(update={"intent_tiers": backend_name, "embedded_processes": 0}))
     except BackendConfigError as exc:
         fail(str(exc), 2)
     got = run(_collect(backend, examples, concurrency, deadline_ms / 1000))

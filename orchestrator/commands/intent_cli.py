@@ -176,7 +176,7 @@ def decide(
         click.echo(json.dumps(render_chat(request), ensure_ascii=False, indent=2), err=True)
     try:
         tiers = settings.intent_tiers if backend_name == "cascade" else backend_name
-        backend: Backend = build_backend(settings.model_copy(update={"intent_tiers": tiers}))
+        backend: Backend = build_backend(settings.model_copy(update={"intent_tiers": tiers, "embedded_processes": 0}))
     except BackendConfigError as exc:
         fail(str(exc), 2)
 

@@ -78,7 +78,7 @@ def build_eval_backend(name: str, settings: Settings, model: Path | None) -> Bac
         return EmbeddedBackend.load(model or settings.embedded_model)
     tiers = settings.intent_tiers if name == "cascade" else name
     try:
-        return build_backend(settings.model_copy(update={"intent_tiers": tiers}))
+        return build_backend(settings.model_copy(update={"intent_tiers": tiers, "embedded_processes": 0}))
     except BackendConfigError as exc:
         fail(f"cannot build backend {name!r}: {exc}", 2)
 

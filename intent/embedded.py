@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from intent.backend import BackendError, Decision, DecisionRequest
 from intent.contract import Action, ChatMessage, Intent, TaskInfo, make_intent, validate
 from intent.embedded_model import ArtefactError, EmbeddedModel, Prediction
+from intent.features import FEATURE_CACHE
 from intent.text import clean_utterance, content_stems, overlap, tool_event
 from intent.wire import to_call
 
@@ -72,7 +74,8 @@ def build_intent(pred: Prediction, transcript: Sequence[ChatMessage], tasks: Seq
         case Action.NOOP:
             return make_intent(Action.NOOP, {})
         case Action.REPLY:
-            return make_intent(Action.REPLY, {"text": reply_text(transcript, tasks)})
+            stems = pred.turn.stems if pred.turn is not None else None
+            return make_intent(Action.REPLY, {"text": reply_text(transcript, tasks, stems)})
         case Action.START_TASK:
             return make_intent(Action.START_TASK, {"explanation": _explanation(transcript)})
         case Action.UPDATE_TASK | Action.CANCEL_TASK:
@@ -89,8 +92,13 @@ def _explanation(transcript: Sequence[ChatMessage]) -> str:
     return clean_utterance(last.content)
 
 
-def reply_text(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> str:
-    """A short reply consistent with the ledger; never invents a result."""
+def reply_text(
+    transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], stems: frozenset[str] | None = None
+) -> str:
+    """A short reply consistent with the ledger; never invents a result.
+
+    ``stems`` are the last message's content stems when the caller has them (the model's scan).
+    """
     last = transcript[-1]
     event = tool_event(last.content) if last.role == "tool" else None
     if event is not None:
@@ -104,13 +112,20 @@ def reply_text(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> 
                 return f"Sorry, that didn't work{what}: {body}" if body else f"Sorry, that failed{what}."
             case _:
                 return f"Update{what}: {body}" if body else f"Still working{what}."
-    stems = content_stems(last.content)
-    scored = sorted(((overlap(stems, content_stems(f"{t.summary} {t.last_update}")), t) for t in tasks), key=_first)
+    if stems is None:
+        stems = content_stems(last.content)
+    scored = sorted(((overlap(stems, _task_stems(t.summary, t.last_update)), t) for t in tasks), key=_first)
     if scored and scored[-1][0] >= 0.25:
         task = scored[-1][1]
         status = task.last_update.strip() or "it's in progress"
         return f"About {_lower_first(task.summary)}: {_lower_first(status)}."
     return "Sure, I can help with that." if "?" in last.content else "Got it."
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _task_stems(summary: str, last_update: str) -> frozenset[str]:
+    """Stems of a task as the reply compares them (cached: open tasks are the same turn after turn)."""
+    return content_stems(f"{summary} {last_update}")
 
 
 def _first(item: tuple[float, TaskInfo]) -> float:

@@ -19,16 +19,10 @@ from typing import Any
 import numpy as np
 
 from intent.contract import ACTIONS, Action, ChatMessage, TaskInfo
-from intent.features import (
-    DENSE_NAMES,
-    PAIR_NAMES,
-    FloatArray,
-    TfidfVocab,
-    dense_features,
-    pair_features,
-)
+from intent.features import DENSE_NAMES, PAIR_NAMES, FloatArray, TfidfVocab
 from intent.term_index import TermIndex
 from intent.text import tool_event
+from intent.turn_features import Turn, dense_row, pair_rows
 
 FORMAT = "sraq-embedded/1"
 _TASK_ACTIONS = tuple(a.needs_task for a in ACTIONS)
@@ -105,28 +99,37 @@ class EmbeddedModel:
 
     # ---- inference -------------------------------------------------------------------------------
 
-    def logits(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
+    def logits(
+        self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn: Turn | None = None
+    ) -> FloatArray:
         """Uncalibrated action scores in ACTIONS order.
 
         The same numbers as a row of the training matrix (:func:`intent.training._action_matrix`) times
         ``coef``, computed with one gather and two small products: both sparse blocks come from
         :class:`~intent.term_index.TermIndex` as rows of ``coef`` (numpy's per-call overhead, not
-        arithmetic, is the cost at this size).
+        arithmetic, is the cost at this size). ``turn`` is the last message's scan, made here if not given.
         """
-        rows, vals = self._terms.encode(transcript)
-        z: FloatArray = vals @ self.coef.take(rows, axis=0) + dense_features(transcript, tasks) @ self._dense_coef
+        turn = Turn(transcript[-1]) if turn is None else turn
+        rows, vals = self._terms.encode(transcript, turn)
+        dense = np.array(dense_row(transcript, tasks, turn), dtype=np.float64)
+        z: FloatArray = vals @ self.coef.take(rows, axis=0) + dense @ self._dense_coef
         z += self.intercept
         return z
 
-    def action_proba(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
+    def action_proba(
+        self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn: Turn | None = None
+    ) -> FloatArray:
         """Calibrated probabilities over ACTIONS; update/cancel get 0 when no task is open."""
-        return _softmax(self.logits(transcript, tasks), self.temperature, None if tasks else _TASK_ACTIONS)
+        return _softmax(self.logits(transcript, tasks, turn), self.temperature, None if tasks else _TASK_ACTIONS)
 
-    def task_proba(self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) -> FloatArray:
+    def task_proba(
+        self, transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn: Turn | None = None
+    ) -> FloatArray:
         """Calibrated probability, per open task, that the turn is about it."""
         if not tasks:
             return np.zeros(0, dtype=np.float64)
-        s = (pair_features(transcript, tasks) @ self.pair_coef + self.pair_intercept) / self.pair_temperature
+        turn = Turn(transcript[-1]) if turn is None else turn
+        s = (pair_rows(transcript, tasks, turn) @ self.pair_coef + self.pair_intercept) / self.pair_temperature
         s = s - s.max()
         p: FloatArray = np.exp(s)
         p /= p.sum()
@@ -143,18 +146,19 @@ class EmbeddedModel:
         """
         if not transcript:
             raise ValueError("empty transcript")
-        p = self.action_proba(transcript, tasks)
+        turn = Turn(transcript[-1])
+        p = self.action_proba(transcript, tasks, turn)
         policy = callback_action(transcript[-1])
         if policy is not None:
-            return Prediction(policy, self.callback_confidence, None, p)
+            return Prediction(policy, self.callback_confidence, None, p, turn)
         best = int(p.argmax())
         action = ACTIONS[best]
         task_id, task_conf = None, 1.0
         if action.needs_task:
-            q = self.task_proba(transcript, tasks)
+            q = self.task_proba(transcript, tasks, turn)
             j = int(q.argmax())
             task_id, task_conf = tasks[j].id, float(q[j])
-        return Prediction(action, float(p[best]) * task_conf, task_id, p)
+        return Prediction(action, float(p[best]) * task_conf, task_id, p, turn)
 
     # ---- persistence -----------------------------------------------------------------------------
 
@@ -225,10 +229,14 @@ class EmbeddedModel:
 class Prediction:
     """What the model says about one turn."""
 
-    __slots__ = ("action", "confidence", "proba", "task_id")
+    __slots__ = ("action", "confidence", "proba", "task_id", "turn")
 
-    def __init__(self, action: Action, confidence: float, task_id: str | None, proba: FloatArray) -> None:
+    def __init__(
+        self, action: Action, confidence: float, task_id: str | None, proba: FloatArray, turn: Turn | None = None
+    ) -> None:
         self.action, self.confidence, self.task_id, self.proba = action, confidence, task_id, proba
+        #: the last message's scan, when the model made one (the reply reuses its stems)
+        self.turn = turn
 
 
 def _softmax(z: FloatArray, temperature: float, masked: tuple[bool, ...] | None) -> FloatArray:

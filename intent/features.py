@@ -26,11 +26,13 @@ from intent.text import (
     char_ngrams,
     content_stems,
     dice,
+    may_name_task,
     mentioned_ids,
     overlap,
     tokens,
     tool_event,
     trigram_set,
+    trigrams_of,
     word_ngrams,
 )
 
@@ -40,15 +42,15 @@ IntArray = npt.NDArray[np.int64]
 CONTEXT_MESSAGES = 3
 PREV_USER_CUES = ("cancel", "change", "request")
 ROLE_TAG = {"user": "u:", "assistant": "a:", "tool": "t:"}
-_ROLES = ("user", "assistant", "tool")
+ROLES = ("user", "assistant", "tool")
 _FILLERS_TEXT = "uh um er hmm mm ok okay k cool thanks thank thx ty yeah yep sure right hold on sec wait"
-_FILLERS = frozenset(_FILLERS_TEXT.split())
+FILLERS = frozenset(_FILLERS_TEXT.split())
 
 DENSE_NAMES: tuple[str, ...] = (
     *(f"tasks={n}" for n in ("0", "1", "2", "3+")),
-    *(f"last_role={r}" for r in _ROLES),
+    *(f"last_role={r}" for r in ROLES),
     *(f"tool_event={e}" for e in (*TOOL_EVENTS, "other")),
-    *(f"prev_role={r}" for r in ("none", *_ROLES)),
+    *(f"prev_role={r}" for r in ("none", *ROLES)),
     "log_messages",
     "log_words",
     "ends_question",
@@ -90,8 +92,8 @@ PAIR_NAMES: tuple[str, ...] = (
     "assistant_about_task_msg_silent",
 )
 
-_CLAUSE_SPLIT = re.compile(r"[.;!?\n]+|,\s*(?=(?:but|and|so|though|although)\b)|\b(?:but|however|though|although)\b")
-_KEEP_CUE = re.compile(
+CLAUSE_SPLIT = re.compile(r"[.;!?\n]+|,\s*(?=(?:but|and|so|though|although)\b)|\b(?:but|however|though|although)\b")
+KEEP_CUE = re.compile(
     r"\b(?:still|keep|keeping|stay|stays|continue|carry on|finish|go ahead|proceed|leave|remain|remains|as planned|"
     r"is fine|are fine|unchanged|as is)\b"
 )
@@ -172,12 +174,11 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
     toks = tokens(text)
     n_tasks = len(tasks)
     f: list[float] = [float(n_tasks == 0), float(n_tasks == 1), float(n_tasks == 2), float(n_tasks >= 3)]
-    f += [float(last.role == r) for r in _ROLES]
+    f += [float(last.role == r) for r in ROLES]
     event = tool_event(text) if last.role == "tool" else None
     f += [float(event is not None and event[1] == e) for e in (*TOOL_EVENTS, "other")]
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
-    f += [float(prev_role == r) for r in ("none", *_ROLES)]
-    stripped = text.rstrip()
+    f += [float(prev_role == r) for r in ("none", *ROLES)]
     msg_stems = content_stems(text)
     overlaps = sorted((overlap(msg_stems, _task_stems(t)) for t in tasks), reverse=True)
     msg_tri = trigram_set(text[:CHAR_NGRAM_CHARS])
@@ -186,10 +187,7 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
     f += [
         math.log1p(len(transcript)),
         math.log1p(len(toks)) / 3.0,
-        float(stripped.endswith("?")),
-        float("?" in text),
-        float(stripped[-1:] in ".!?)\"'" or (bool(stripped) and ord(stripped[-1]) > 0x2600)),
-        float(stripped.endswith(("-", "—", "–", "...", "…")) or (stripped[-1:].isalpha() and len(toks) > 3)),
+        *message_shape(text, len(toks)),
         overlaps[0] if overlaps else 0.0,
         overlaps[1] if len(overlaps) > 1 else 0.0,
         max(trigrams, default=0.0),
@@ -197,7 +195,7 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
         float(event is not None and event[0] in open_ids),
         float(any(m.role == "assistant" for m in transcript[-3:-1])),
         math.log1p(len(msg_stems)) / 2.0,
-        sum(1 for t in toks if t in _FILLERS) / max(1, len(toks)),
+        sum(1 for t in toks if t in FILLERS) / max(1, len(toks)),
     ]
     # cue lexicons describe what a *user* says; a callback's echoed task text must not fire them
     f += cue_flags(text) if last.role == "user" else [0.0] * len(CUE_NAMES)
@@ -207,23 +205,44 @@ def dense_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo])
     return np.asarray(f, dtype=np.float64)
 
 
+def message_shape(text: str, n_tokens: int) -> list[float]:
+    """ends_question, has_question, ends_terminal and ends_cutoff of a message with ``n_tokens`` tokens."""
+    stripped = text.rstrip()
+    return [
+        float(stripped.endswith("?")),
+        float("?" in text),
+        float(stripped[-1:] in ".!?)\"'" or (bool(stripped) and ord(stripped[-1]) > 0x2600)),
+        float(stripped.endswith(("-", "—", "–", "...", "…")) or (stripped[-1:].isalpha() and n_tokens > 3)),
+    ]
+
+
 #: Bound of the caches below: features of tasks and of earlier messages, which repeat turn after turn.
 FEATURE_CACHE = 4096
 
 
 @lru_cache(maxsize=FEATURE_CACHE)
-def _task_view(summary: str, last_update: str) -> tuple[frozenset[str], frozenset[str]]:
-    """Stems and trigrams of a task: the same for every turn until its summary or update changes."""
-    # the stems are the same set as content_stems of the joined text; the summary's are reused from the cache
-    return content_stems(summary) | content_stems(last_update), trigram_set(f"{summary} {last_update}")
+def task_view(summary: str, last_update: str) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """Stems, trigrams and summary stems of a task: the same every turn until its summary or update changes.
+
+    The stems are those of the two texts (as the model was trained); the trigrams, trigram_set of the
+    joined text, come from the two texts' own tokens (the summary's are usually cached: updates
+    change, summaries do not). Joining with a space keeps both texts' tokens unless a task id forms
+    across the join or the summary ends in a dangling "-" (a token only at the very end of a text):
+    those take the joined text.
+    """
+    in_summary, s_toks = content_stems(summary), tokens(summary)
+    stems = in_summary | content_stems(last_update)
+    if may_name_task(summary.lower()) or may_name_task(last_update.lower()) or s_toks[-1:] == ("-",):
+        return stems, trigram_set(f"{summary} {last_update}"), in_summary
+    return stems, trigrams_of(s_toks + tokens(last_update)), in_summary
 
 
 def _task_stems(task: TaskInfo) -> frozenset[str]:
-    return _task_view(task.summary, task.last_update)[0]
+    return task_view(task.summary, task.last_update)[0]
 
 
 def _task_trigrams(task: TaskInfo) -> frozenset[str]:
-    return _task_view(task.summary, task.last_update)[1]
+    return task_view(task.summary, task.last_update)[1]
 
 
 @lru_cache(maxsize=FEATURE_CACHE)
@@ -261,15 +280,15 @@ def pair_features(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo]) 
     asst_stems = content_stems(prev_assistant)
     kept: list[frozenset[str]] = []
     focus: list[frozenset[str]] = []
-    for clause in _CLAUSE_SPLIT.split(msg.lower()):
+    for clause in CLAUSE_SPLIT.split(msg.lower()):
         if clause and clause.strip():
-            (kept if _KEEP_CUE.search(clause) else focus).append(content_stems(clause))
+            (kept if KEEP_CUE.search(clause) else focus).append(content_stems(clause))
     in_msg = mentioned_ids(last)
     in_transcript = in_msg.union(*(_earlier_ids(m.content) for m in transcript[:-1]))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     for task in tasks:
-        t_stems, t_tri = _task_view(task.summary, task.last_update)
+        t_stems, t_tri, _ = task_view(task.summary, task.last_update)
         tid = task.id.lower()
         summary_in.append(overlap(msg_stems, content_stems(task.summary)))
         task_in.append(overlap(msg_stems, t_stems))

@@ -37,17 +37,47 @@ def normalise(text: str) -> str:
     return _TASK_ID.sub(" taskid ", text.lower())
 
 
-@lru_cache(maxsize=4096)
-def tokens(text: str) -> tuple[str, ...]:
-    """Word and salient punctuation tokens of ``text`` (after :func:`normalise`)."""
+def scan_tokens(text: str) -> tuple[str, ...]:
+    """Word and salient punctuation tokens of ``text`` (after :func:`normalise`), computed afresh.
+
+    The inference fast path scans the message being decided on with this (never from a cache keyed by
+    its text, which would flatter benchmarks that repeat short messages).
+    """
     return tuple(_TOKEN.findall(normalise(text)))
+
+
+#: Bound of the token store below.
+TOKEN_CACHE = 4096
+_TOKENS: dict[str, tuple[str, ...]] = {}
+
+
+def tokens(text: str) -> tuple[str, ...]:
+    """:func:`scan_tokens`, remembered (texts of tasks and of earlier messages repeat turn after turn)."""
+    got = _TOKENS.get(text)
+    return remember_tokens(text, scan_tokens(text)) if got is None else got
+
+
+def remember_tokens(text: str, toks: tuple[str, ...]) -> tuple[str, ...]:
+    """Store ``toks`` as the tokens of ``text`` (oldest entry out first past :data:`TOKEN_CACHE`).
+
+    The inference fast path stores the message it decides on, scanned afresh, for the later turns
+    that see it as an earlier message.
+    """
+    _TOKENS[text] = toks
+    if len(_TOKENS) > TOKEN_CACHE:
+        del _TOKENS[next(iter(_TOKENS))]
+    return toks
 
 
 def word_ngrams(text: str, prefix: str = "w:") -> list[str]:
     """Unigrams and bigrams with start/end markers (``</s>`` after a dangling word marks a cut-off)."""
-    toks = ["<s>", *tokens(text), "</s>"]
-    grams = [prefix + t for t in toks[1:-1]]
-    grams += [f"{prefix}{a} {b}" for a, b in itertools.pairwise(toks)]
+    return ngrams_of(tokens(text), prefix)
+
+
+def ngrams_of(toks: tuple[str, ...], prefix: str = "w:") -> list[str]:
+    """:func:`word_ngrams` of a text whose :func:`tokens` are ``toks``."""
+    grams = [prefix + t for t in toks]
+    grams += [f"{prefix}{a} {b}" for a, b in itertools.pairwise(("<s>", *toks, "</s>"))]
     return grams
 
 
@@ -77,12 +107,44 @@ def stem(word: str) -> str:
 @lru_cache(maxsize=4096)
 def content_stems(text: str) -> frozenset[str]:
     """Stems of the content words of ``text`` (no stopwords, no punctuation)."""
-    return frozenset(stem(t) for t in tokens(text) if t[0].isalnum() and t not in STOPWORDS and t != "taskid")
+    return stems_of(tokens(text))
+
+
+def stems_of(toks: tuple[str, ...]) -> frozenset[str]:
+    """:func:`content_stems` of a text whose :func:`tokens` are ``toks``."""
+    stems = set(map(_content_stem, toks))
+    stems.discard("")
+    return frozenset(stems)
+
+
+@lru_cache(maxsize=65536)
+def _content_stem(token: str) -> str:
+    """The stem of a content word, "" for anything else (a stem is never empty): cached per word."""
+    return stem(token) if token[0].isalnum() and token not in STOPWORDS and token != "taskid" else ""
 
 
 @lru_cache(maxsize=4096)
 def trigram_set(text: str) -> frozenset[str]:
     return frozenset(char_ngrams(" ".join(t for t in tokens(text) if t not in STOPWORDS), 3, 3, ""))
+
+
+def trigrams_of(toks: tuple[str, ...]) -> frozenset[str]:
+    """:func:`trigram_set` of a text whose :func:`tokens` are ``toks``, from per-word trigram sets.
+
+    trigram_set re-tokenises the content words joined by spaces; that gives the same words back
+    unless a task id forms across the join ("task" then a number once a word between them is
+    dropped), so any word containing "task" takes the exact path.
+    """
+    words = [t for t in toks if t not in STOPWORDS]
+    if any("task" in w for w in words):
+        return frozenset(char_ngrams(" ".join(words), 3, 3, ""))
+    return frozenset().union(*map(_word_trigrams, words))
+
+
+@lru_cache(maxsize=65536)
+def _word_trigrams(word: str) -> frozenset[str]:
+    padded = f" {word} "
+    return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
 
 def overlap(a: frozenset[str], b: frozenset[str]) -> float:
@@ -106,7 +168,19 @@ def tool_event(content: str) -> tuple[str, str] | None:
 
 def mentioned_ids(text: str) -> set[str]:
     """Task ids written in ``text`` (``task-9``, ``task 9``), in their canonical ``task-N`` form."""
-    return {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(text.lower())}
+    lowered = text.lower()
+    if not may_name_task(lowered):  # most messages name no task: no regex
+        return set()
+    return {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(lowered)}
+
+
+def may_name_task(lowered: str) -> bool:
+    """Whether lower-cased text can contain a task id (False: :data:`_TASK_ID` cannot match in it).
+
+    The pattern is case-insensitive on lower-cased text, where it can only match "task", or "ſ" (the
+    long s, which IGNORECASE equates with "s"); the Kelvin sign is already "k" once lower-cased.
+    """
+    return "task" in lowered or "ſ" in lowered
 
 
 def clean_utterance(text: str, limit: int = 280) -> str:

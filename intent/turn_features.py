@@ -1,0 +1,263 @@
+"""The dense and pair features at inference: the numbers of :mod:`intent.features`, with less work per turn.
+
+:func:`~intent.features.dense_features` and :func:`~intent.features.pair_features` stay the definitions
+(training uses them). A decision needs both for one turn, plus the reply's task scan, and each used to
+re-tokenise the message being decided on and re-derive what repeats from turn to turn. Here:
+
+* :class:`Turn` scans the message being decided on ONCE per decision (tokens, stems, trigrams, cues), afresh:
+  never from a cache keyed by its text, which would flatter benchmarks that repeat short messages;
+* messages *before* the last one and tasks come from bounded caches keyed by their text: a
+  conversation sees them again every turn (the previous user message's cues are remembered from the
+  turn on which it was the last one, so they are never scanned twice);
+* per-task overlaps are inlined set operations, and the context's stems and trigrams are unions of
+  per-message ones when joining the messages cannot change their tokens.
+
+``tests/test_turn_features.py`` checks these equal the definitions on every dataset row and on long,
+task-heavy conversations like the orchestrator benchmark's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from intent.contract import ChatMessage, TaskInfo
+from intent.cues import CUE_NAMES, cue_flags
+from intent.features import (
+    CHAR_NGRAM_CHARS,
+    CLAUSE_SPLIT,
+    CONTEXT_MESSAGES,
+    FEATURE_CACHE,
+    FILLERS,
+    KEEP_CUE,
+    PAIR_NAMES,
+    PREV_USER_CUES,
+    ROLES,
+    FloatArray,
+    message_shape,
+    task_view,
+)
+from intent.text import (
+    TOOL_EVENTS,
+    content_stems,
+    may_name_task,
+    mentioned_ids,
+    remember_tokens,
+    scan_tokens,
+    stems_of,
+    tokens,
+    tool_event,
+    trigram_set,
+    trigrams_of,
+)
+
+_EVENTS = (*TOOL_EVENTS, "other")
+_PREV_ROLES = ("none", *ROLES)
+_PREV_CUE_AT = tuple(CUE_NAMES.index(c) for c in PREV_USER_CUES)
+_NO_CUES = [0.0] * len(CUE_NAMES)
+
+
+class Turn:
+    """What a decision needs from the message being decided on, scanned once (see the module doc)."""
+
+    __slots__ = ("head_toks", "role", "stems", "text", "toks", "tri")
+
+    def __init__(self, message: ChatMessage) -> None:
+        text = self.text = message.content
+        self.role = message.role
+        # scanned afresh, then remembered for the turns that will see this message as an earlier one
+        self.toks = remember_tokens(text, scan_tokens(text))
+        head = text[:CHAR_NGRAM_CHARS]
+        #: tokens of the first CHAR_NGRAM_CHARS characters (character n-grams and trigrams use those)
+        self.head_toks = self.toks if len(head) == len(text) else scan_tokens(head)
+        self.stems = stems_of(self.toks)
+        self.tri = trigrams_of(self.head_toks)
+
+
+class _Recent:
+    """A bounded map, oldest entry out first: for values of earlier messages remembered from a turn."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.items: dict[str, tuple[float, ...]] = {}
+
+    def put(self, key: str, value: tuple[float, ...]) -> None:
+        items = self.items
+        items[key] = value
+        if len(items) > self.bound:
+            del items[next(iter(items))]
+
+
+#: Cues of user messages remembered from the turn they were decided on (they are the next turns'
+#: previous user message).
+_USER_CUES = _Recent(FEATURE_CACHE)
+
+
+def _prev_user_cues(content: str) -> tuple[float, ...]:
+    got = _USER_CUES.items.get(content)
+    if got is None:
+        got = tuple(cue_flags(content, PREV_USER_CUES))
+        _USER_CUES.put(content, got)
+    return got
+
+
+def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn: Turn) -> list[float]:
+    """:func:`~intent.features.dense_features` as a list (same values, same order)."""
+    text, toks, role = turn.text, turn.toks, turn.role
+    n_tasks = len(tasks)
+    f: list[float] = [float(n_tasks == 0), float(n_tasks == 1), float(n_tasks == 2), float(n_tasks >= 3)]
+    f += [float(role == r) for r in ROLES]
+    event = tool_event(text) if role == "tool" else None
+    f += [float(event is not None and event[1] == e) for e in _EVENTS]
+    prev_role = transcript[-2].role if len(transcript) > 1 else "none"
+    f += [float(prev_role == r) for r in _PREV_ROLES]
+    msg_stems, msg_tri = turn.stems, turn.tri
+    views = [task_view(t.summary, t.last_update) for t in tasks]
+    # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
+    n_stems = len(msg_stems)
+    overlaps = sorted((len(msg_stems & v[0]) / n_stems for v in views), reverse=True) if n_stems else [0.0] * n_tasks
+    open_ids = {t.id.lower() for t in tasks}
+    n_tri = len(msg_tri)
+    best_tri = (
+        max((2 * len(msg_tri & v[1]) / (n_tri + len(v[1])) for v in views if v[1]), default=0.0) if n_tri else 0.0
+    )
+    f += [
+        math.log1p(len(transcript)),
+        math.log1p(len(toks)) / 3.0,
+        *message_shape(text, len(toks)),
+        overlaps[0] if overlaps else 0.0,
+        overlaps[1] if len(overlaps) > 1 else 0.0,
+        best_tri,
+        float(bool(mentioned_ids(text) & open_ids)),
+        float(event is not None and event[0] in open_ids),
+        float(any(m.role == "assistant" for m in transcript[-3:-1])),
+        math.log1p(n_stems) / 2.0,
+        sum(1 for t in toks if t in FILLERS) / max(1, len(toks)),
+    ]
+    # cue lexicons describe what a *user* says; a callback's echoed task text must not fire them
+    if role == "user":
+        cues = cue_flags(text)
+        f += cues
+        # remembered for the next turns, where this message is the previous user message
+        _USER_CUES.put(text, tuple(cues[i] for i in _PREV_CUE_AT))
+    else:
+        f += _NO_CUES
+    # a tool callback is decided on after the user's last words: their cues still matter
+    prev_user = next((m.content for m in reversed(transcript[:-1]) if m.role == "user"), "")
+    f += _prev_user_cues(prev_user)
+    return f
+
+
+def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn: Turn) -> FloatArray:
+    """:func:`~intent.features.pair_features` (same values), one row per task."""
+    if not tasks:
+        return np.zeros((0, len(PAIR_NAMES)), dtype=np.float64)
+    last = turn.text
+    # a tool callback is decided on, but the user's words before it say which task matters
+    msg = last
+    if turn.role == "user":
+        msg_stems, msg_tri = turn.stems, turn.tri
+    else:
+        last_user = next((m.content for m in reversed(transcript) if m.role == "user"), None)
+        msg = last if last_user is None else f"{last} {last_user}"
+        msg_toks = scan_tokens(msg)
+        msg_stems = stems_of(msg_toks)
+        msg_tri = trigrams_of(msg_toks if len(msg) <= CHAR_NGRAM_CHARS else scan_tokens(msg[:CHAR_NGRAM_CHARS]))
+    ctx_stems, ctx_tri = _context_view(transcript[-1 - CONTEXT_MESSAGES : -1])
+    last_tool = next((m.content for m in reversed(transcript) if m.role == "tool"), "")
+    tool_evt = tool_event(last_tool)
+    prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
+    asst_stems = content_stems(prev_assistant)  # an earlier message: cached by its text
+    lowered = msg.lower()
+    kept: list[frozenset[str]] = []
+    focus: list[frozenset[str]] = []
+    for clause in CLAUSE_SPLIT.split(lowered):
+        if clause and clause.strip():
+            # the whole message when it is one clause (lower-casing ASCII twice changes nothing)
+            stems = msg_stems if clause == lowered and msg.isascii() else stems_of(scan_tokens(clause))
+            (kept if KEEP_CUE.search(clause) else focus).append(stems)
+    in_msg = mentioned_ids(last)
+    in_transcript = in_msg
+    earlier = transcript[:-1]
+    if may_name_task(" ".join(m.content for m in earlier).lower()):
+        in_transcript = in_msg.union(*(_earlier_ids(m.content) for m in earlier))
+    summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
+    id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
+    tool_tid = tool_evt[0] if tool_evt is not None else None
+    # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
+    n_msg, n_tri, n_ctx, n_ctx_tri, n_asst = len(msg_stems), len(msg_tri), len(ctx_stems), len(ctx_tri), len(asst_stems)
+    for task in tasks:
+        t_stems, t_tri, s_stems = task_view(task.summary, task.last_update)
+        tid = task.id.lower()
+        n_t_tri = len(t_tri)
+        summary_in.append(len(msg_stems & s_stems) / n_msg if n_msg else 0.0)
+        task_in.append(len(msg_stems & t_stems) / n_msg if n_msg else 0.0)
+        task_tri.append(2 * len(msg_tri & t_tri) / (n_tri + n_t_tri) if n_tri and n_t_tri else 0.0)
+        ctx_in.append(len(ctx_stems & t_stems) / n_ctx if n_ctx else 0.0)
+        ctx_tri_col.append(2 * len(ctx_tri & t_tri) / (n_ctx_tri + n_t_tri) if n_ctx_tri and n_t_tri else 0.0)
+        id_msg.append(float(tid in in_msg))
+        id_tool.append(float(tool_tid == tid))
+        id_seen.append(float(tid in in_transcript))
+        asst_in.append(len(asst_stems & t_stems) / n_asst if n_asst else 0.0)
+        focus_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in focus), default=0.0))
+        kept_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in kept), default=0.0))
+    # relative evidence and the split on whether the message names a task: as in pair_features
+    best_overlap, best_tri, best_focus, best_ctx = max(task_in), max(task_tri), max(focus_in), max(ctx_in)
+    ctx_gap = [v - best_ctx for v in ctx_in]
+    silent = float(best_overlap <= 0.0)
+    spoken = 1.0 - silent
+    columns = (
+        summary_in,
+        task_in,
+        task_tri,
+        [v * spoken for v in ctx_in],
+        [v * spoken for v in ctx_tri_col],
+        [float(v >= best_overlap - 1e-12) for v in task_in],
+        [v - best_overlap for v in task_in],
+        [v - best_tri for v in task_tri],
+        id_msg,
+        id_tool,
+        id_seen,
+        [v * spoken for v in asst_in],
+        focus_in,
+        kept_in,
+        [v - best_focus for v in focus_in],
+        [v * spoken for v in ctx_gap],
+        [v * silent for v in ctx_in],
+        [v * silent for v in ctx_tri_col],
+        [v * silent for v in ctx_gap],
+        [v * silent for v in asst_in],
+    )
+    return np.array(columns, dtype=np.float64).T
+
+
+def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], frozenset[str]]:
+    """content_stems and trigram_set of the context as pair_features joins it (last CHAR_NGRAM_CHARS
+    characters for trigrams), from the messages' own (cached: they are earlier messages).
+
+    Joining with spaces keeps every message's tokens unless a task id forms across a join, or a
+    dangling "-" (a token only at the very end of a text) is followed by the next message.
+    """
+    ctx = " ".join(m.content for m in context)
+    contents = [m.content for m in context]
+    if may_name_task(ctx.lower()) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
+        return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
+    stems = frozenset().union(*map(content_stems, contents))
+    if len(ctx) > CHAR_NGRAM_CHARS:
+        return stems, trigram_set(ctx[-CHAR_NGRAM_CHARS:])
+    return stems, frozenset().union(*map(_earlier_trigrams, contents))
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _earlier_trigrams(content: str) -> frozenset[str]:
+    """Trigrams of a message before the last one (cached: it is in the context for several turns)."""
+    return trigrams_of(tokens(content))
+
+
+@lru_cache(maxsize=FEATURE_CACHE)
+def _earlier_ids(content: str) -> frozenset[str]:
+    """Task ids named in a message before the last one (cached: it is rescanned every later turn)."""
+    return frozenset(mentioned_ids(content))

@@ -1,0 +1,158 @@
+"""The inference fast path (intent.turn_features, TermIndex, cached task/earlier-message views) equals the
+definitions training uses, on the dataset and on long, task-heavy conversations like the orchestrator
+benchmark's (growing transcripts, repeated and updated tasks, callbacks), where its caches are warm."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from intent.contract import ChatMessage, TaskInfo
+from intent.dataset import load
+from intent.embedded import build_intent, reply_text
+from intent.embedded_model import EmbeddedModel, Prediction
+from intent.features import (
+    CHAR_NGRAM_CHARS,
+    context_terms,
+    dense_features,
+    message_terms,
+    pair_features,
+    task_view,
+)
+from intent.text import _TASK_ID, content_stems, mentioned_ids, stems_of, tokens, trigram_set, trigrams_of
+from intent.turn_features import Turn, _context_view, dense_row, pair_rows
+from orchestrator.bench_turns import utterance
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = [ROOT / "data/train.jsonl", ROOT / "data/test.jsonl", ROOT / "data/challenge.jsonl"]
+
+#: Texts where joining or re-tokenising could change tokens: task ids across a join, dangling dashes,
+#: the long s IGNORECASE equates with "s", the Kelvin sign, stopwords between "task" and a number.
+TRICKY = [
+    "please check the task",
+    "5 is the one",
+    "TASK 7 and task-8 and task_9",
+    "taſk 5 again",
+    "tas\u212a 12 now",
+    "the task, 5 of them",
+    "task to 5",
+    "wait -",
+    "so -   ",
+    "x_task5 ok",
+    "mytask 5",
+    "",
+    "  ",
+    "…and then — what?!",
+    "Ünïcode ÉTÉ ſtop 😂",
+    "a" * 700 + " end",
+    "don't won't it's 'quoted' task's",
+]
+
+
+def _model() -> EmbeddedModel:
+    return EmbeddedModel.load()
+
+
+def reference_logits(model: EmbeddedModel, transcript: list[ChatMessage], tasks: list[TaskInfo]) -> np.ndarray:
+    """Action logits as training computes them (term strings, TfidfVocab.transform, dense_features)."""
+    z = model.intercept.copy()
+    for vocab, terms, offset in (
+        (model.msg_vocab, message_terms(transcript[-1]), 0),
+        (model.ctx_vocab, context_terms(transcript), len(model.msg_vocab)),
+    ):
+        idx, vals = vocab.transform(terms)
+        z += vals @ model.coef[idx + offset]
+    z += dense_features(transcript, tasks) @ model.coef[len(model.msg_vocab) + len(model.ctx_vocab) :]
+    return z
+
+
+def bench_like(
+    conversations: int = 24, turns: int = 40, seed: int = 5
+) -> Iterator[tuple[list[ChatMessage], list[TaskInfo]]]:
+    """Turns of growing conversations (up to 50 messages) with 0..12 open tasks that repeat, get updates
+    and are joined by new ones, assistant replies and task callbacks: the caches see what they see
+    in the orchestrator benchmark."""
+    rng = random.Random(seed)
+    convs = [([], [TaskInfo(id=f"task-{k + 1}", summary=utterance(rng), last_update="queued") for k in range(c % 13)])
+             for c in range(conversations)]  # fmt: skip
+    for _ in range(turns):
+        for transcript, tasks in convs:
+            roll = rng.random()
+            if tasks and roll < 0.1:
+                t = rng.choice(tasks)
+                transcript.append(
+                    ChatMessage(role="tool", content=f"[{t.id} {rng.choice(['completed', 'progress', 'failed'])}] ok")
+                )
+            elif roll < 0.15:
+                transcript.append(ChatMessage(role="user", content=rng.choice(TRICKY)))
+            else:
+                transcript.append(ChatMessage(role="user", content=utterance(rng)))
+            del transcript[:-50]
+            yield list(transcript), list(tasks)
+            if tasks and rng.random() < 0.3:  # an update changes a task's text
+                j = rng.randrange(len(tasks))
+                tasks[j] = TaskInfo(id=tasks[j].id, summary=tasks[j].summary, last_update=utterance(rng).capitalize())
+            if rng.random() < 0.1 and len(tasks) < 20:
+                tasks.append(TaskInfo(id=f"task-{len(tasks) + 1}", summary=utterance(rng), last_update=""))
+            reply = rng.choice(["Got it.", "Sure, I can help with that.", f"About {utterance(rng)}: queued."])
+            transcript.append(ChatMessage(role="assistant", content=reply))
+
+
+def _check_turn(model: EmbeddedModel, transcript: list[ChatMessage], tasks: list[TaskInfo]) -> None:
+    turn = Turn(transcript[-1])
+    assert dense_row(transcript, tasks, turn) == dense_features(transcript, tasks).tolist()
+    assert np.array_equal(pair_rows(transcript, tasks, turn), pair_features(transcript, tasks))
+    assert np.abs(model.logits(transcript, tasks, turn) - reference_logits(model, transcript, tasks)).max() <= 1e-9
+    assert reply_text(transcript, tasks, turn.stems) == reply_text(transcript, tasks)
+    pred = model.predict(transcript, tasks)
+    plain = Prediction(pred.action, pred.confidence, pred.task_id, pred.proba)  # no scan: reply from the text
+    assert build_intent(pred, transcript, tasks) == build_intent(plain, transcript, tasks)
+
+
+def test_fast_features_equal_the_definitions_on_the_dataset() -> None:
+    model = _model()
+    for ex in load(DATA).examples:
+        _check_turn(model, ex.transcript, ex.tasks)
+
+
+def test_fast_features_equal_the_definitions_on_bench_like_conversations() -> None:
+    model = _model()
+    for transcript, tasks in bench_like():
+        _check_turn(model, transcript, tasks)
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_text_views_from_tokens(text: str) -> None:
+    assert stems_of(tokens(text)) == content_stems(text)
+    assert trigrams_of(tokens(text)) == trigram_set(text)
+    every = {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(text.lower())}
+    assert mentioned_ids(text) == every
+
+
+@pytest.mark.parametrize("summary", TRICKY)
+@pytest.mark.parametrize("update", ["5 done", "queued", "", "task 3 started", "- fine"])
+def test_task_view_equals_the_joined_text(summary: str, update: str) -> None:
+    stems, tri, in_summary = task_view(summary, update)
+    assert stems == content_stems(summary) | content_stems(update)
+    assert tri == trigram_set(f"{summary} {update}")
+    assert in_summary == content_stems(summary)
+
+
+@pytest.mark.parametrize("first", TRICKY)
+@pytest.mark.parametrize("second", ["5 more", "and then -", "ok"])
+def test_context_view_equals_the_joined_context(first: str, second: str) -> None:
+    context = [ChatMessage(role="user", content=first), ChatMessage(role="assistant", content=second),
+               ChatMessage(role="user", content="fine")]  # fmt: skip
+    ctx = " ".join(m.content for m in context)
+    assert _context_view(context) == (content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:]))
+
+
+def test_turn_scans_the_message_afresh() -> None:
+    """The message decided on is never looked up by its text (benchmarks repeat short messages)."""
+    message = ChatMessage(role="user", content="thanks!")
+    assert Turn(message).toks is not Turn(message).toks

@@ -48,6 +48,23 @@ class Metrics:
         self.owned = Gauge("sraq_partitions_owned", "Partitions this instance owns", registry=r)
         self.in_flight = Gauge("sraq_turns_in_flight", "Turns read and not yet committed", registry=r)
         self.redis_errors = Counter("sraq_redis_errors", "Redis connection failures seen by the loop", registry=r)
+        # labelled children used on every turn, looked up once (``labels()`` costs more than the update)
+        self._turn_counters: dict[tuple[str, str], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
+
+    def turn_done(self, action: str, outcome: str) -> None:
+        """Count a committed turn (``sraq_turns_processed{action, outcome}``)."""
+        child = self._turn_counters.get((action, outcome))
+        if child is None:
+            child = self._turn_counters[(action, outcome)] = self.turns.labels(action, outcome)
+        child.inc()
+
+    def decided(self, tier: str, seconds: float) -> None:
+        """Record one routing decision's latency (``sraq_decision_latency_seconds{tier}``)."""
+        child = self._latencies.get(tier)
+        if child is None:
+            child = self._latencies[tier] = self.decision_latency.labels(tier)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -194,6 +194,8 @@ class TurnProcessor:
         self.decision_timeout = decision_timeout_ms / 1000
         self.conflict_retries = conflict_retries
         self.observer = observer
+        # bound once: calling the module's lazy proxy builds a new bound logger per call (per turn)
+        self._log = log.bind()
 
     async def process(self, entry: Entry, lease: Lease) -> None:
         """Decide and commit ``entry``'s turn exactly once (a repeat is acknowledged as a duplicate)."""
@@ -236,14 +238,14 @@ class TurnProcessor:
             detail = f"ledger kept changing after {self.conflict_retries} re-decisions"
             plan = self._failed(turn, event_op, "conflict", detail, [])
             result = await commit.fallback(plan)
-        log.debug(
+        self._log.debug(
             "turn_committed", conversation_id=conv, turn_id=turn.turn_id, entry_id=entry.entry_id,
             partition=lease.partition, token=lease.token, action=plan.meta.action, tier=plan.meta.tier,
             version=result.version, duplicate=result.duplicate, deliveries=entry.deliveries,
         )  # fmt: skip
         overhead_ms = max(0.0, (time.perf_counter() - entry.read_at - model_s) * 1000)
         self.metrics.overhead.observe(overhead_ms / 1000)
-        self.metrics.turns.labels(plan.meta.action, "duplicate" if result.duplicate else "committed").inc()
+        self.metrics.turn_done(plan.meta.action, "duplicate" if result.duplicate else "committed")
         if plan.failure is not None:
             self.metrics.decision_failures.labels(plan.failure).inc()
             log.warning(
@@ -318,12 +320,12 @@ class TurnProcessor:
             kind, detail, path = _failure(exc)
             if kind == "error":
                 log.error("router_error", turn_id=turn.turn_id, error=repr(exc), exc_info=exc)
-            self.metrics.decision_latency.labels("none").observe(model_s)
+            self.metrics.decided("none", model_s)
             plan = self._failed(turn, event_op, kind, detail, path)
             plan.model_s = model_s
             return plan
         model_s = time.perf_counter() - started
-        self.metrics.decision_latency.labels(decision.tier).observe(model_s)
+        self.metrics.decided(decision.tier, model_s)
         action = intent.action.value
         latency_ms = round(model_s * 1000, 3)
         path = [_attempt(a) for a in decision.path]

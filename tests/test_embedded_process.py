@@ -147,3 +147,10 @@ async def test_orchestrator_decides_through_the_child(redis_url: str, prefix: st
     assert [r.turn_id for r in records] == ["c0", "c1", "c2"]
     assert all(r.tier == "embedded" and r.reason is None for r in records)
     assert records[0].action == "start_task"
+
+
+async def test_backend_contract_holds_for_the_process_variant(process_backend: ProcessEmbeddedBackend) -> None:
+    # the one contract suite of the embedded tier, run against this implementation too
+    from tests.test_embedded import test_backend_contract as embedded_backend_contract
+
+    await embedded_backend_contract(process_backend)  # type: ignore[arg-type]

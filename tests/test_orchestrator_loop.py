@@ -169,3 +169,34 @@ async def test_version_conflict_redecides_then_gives_up(redis_url: str, prefix: 
     assert meddler.calls == 6
     t2 = next(e for e in await ledger.audit("cas") if e.turn_id == "t2")
     assert t2.reason == "undecided" and t2.raw is not None and t2.raw.startswith("conflict")
+
+
+async def test_loop_and_relay_over_a_unix_socket(prefix: str) -> None:
+    """A Redis on the same host is best reached over its Unix socket (no TCP stack per round trip)."""
+    from orchestrator.local_redis import LocalRedis
+    from tests.orch_support import wait_until
+
+    with LocalRedis(appendonly=False) as server:
+        url = server.unix_url
+        assert url is not None and url.startswith("unix://")
+        settings = loop_settings(url, prefix)
+        keys = settings.keys()
+        redis = Redis.from_url(url)
+        orch = Orchestrator(settings, ScriptedBackend())
+        await orch.start()
+        try:
+            publisher = Publisher(redis, keys)
+            await publisher.publish(make_turn("unix", "start: book a table", turn_id="u1"))
+            await publisher.publish(make_turn("unix", "hello", turn_id="u2"))
+            ledger = Ledger(redis, keys)
+
+            async def committed() -> bool:
+                return (await ledger.snapshot("unix")).applied_turns == 2
+
+            await wait_until(committed, 15, "two turns over the Unix socket")
+            # the hosted relay (arq over the same socket) handed the task to the queue
+            queued = await redis.zcard(keys.queue)
+            assert queued == 1
+        finally:
+            await orch.stop()
+            await redis.aclose()

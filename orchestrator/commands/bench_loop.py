@@ -71,8 +71,9 @@ def bench_loop_cmd(
             server = LocalRedis().start()
         except RedisServerError as exc:
             fail(f"Redis at {settings.redis_url} is unreachable and no private one could start: {exc}", 1)
-        settings = settings.model_copy(update={"redis_url": server.url})
-        redis_note = "private redis-server (AOF everysec)"
+        # same host by construction: the Unix socket spares every round trip the TCP stack
+        settings = settings.model_copy(update={"redis_url": server.unix_url or server.url})
+        redis_note = f"private redis-server (AOF everysec) at {settings.redis_url}"
     try:
         result = run(_run(settings, backend, cfg), settings)
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 _FLAGS = re.IGNORECASE
 
@@ -100,7 +101,7 @@ CUE_NAMES: tuple[str, ...] = tuple(CUES)
 #    ``re`` skips through words instead of trying a match at each character. (Requires that X has no
 #    ``^``/``\A`` and no lookbehind, which would see the added space; a test checks the shapes.)
 #    At a position where a group's X matches, the lookahead reports only the first such group; the
-#    later ones are tried there one by one.
+#    search then resumes there with the groups not found yet (see _word_led_hits).
 
 
 def _is_word_led(alternative: str) -> bool:
@@ -108,9 +109,15 @@ def _is_word_led(alternative: str) -> bool:
 
 
 _WORD_LED: dict[str, str] = {name: alt[2:] for name, alts in _SOURCES.items() for alt in alts[:1] if _is_word_led(alt)}
-_ANY_WORD_LED = re.compile(r"\W(?=" + "|".join(f"(?P<{name}>{x})" for name, x in _WORD_LED.items()) + ")")
-_WORD_LED_AT = {name: re.compile(x).match for name, x in _WORD_LED.items()}
-_LATER_WORD_LED = {name: tuple(_WORD_LED)[i + 1 :] for i, name in enumerate(_WORD_LED)}
+
+
+@lru_cache(maxsize=1 << len(_WORD_LED))  # every set of groups
+def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern for the word-led alternatives of ``names`` (compiled once per set of groups)."""
+    return re.compile(r"\W(?=" + "|".join(f"(?P<{name}>{_WORD_LED[name]})" for name in names) + ")")
+
+
+_ANY_WORD_LED = _any_word_led(tuple(_WORD_LED))
 
 
 def _rest_test(alternatives: Sequence[str]) -> Callable[[str], bool] | None:
@@ -172,17 +179,26 @@ def _caseless_safe(text: str) -> bool:
 
 
 def _word_led_hits(lowered: str) -> set[str]:
-    """Groups whose word-led alternative matches somewhere in ``lowered``."""
+    """Groups whose word-led alternative matches somewhere in ``lowered``.
+
+    A search with the pattern of the groups not found yet stops at the first position where one of
+    them matches and names the first such group; the next search starts at that same position,
+    without it (another group can match there too, none of them earlier). Every search runs inside
+    ``re``; the last one scans the rest of the text for the groups never found.
+    """
     padded = " " + lowered
     hits: set[str] = set()
-    for m in _ANY_WORD_LED.finditer(padded):
+    remaining = tuple(_WORD_LED)
+    pos = 0
+    while remaining:
+        m = _any_word_led(remaining).search(padded, pos)
+        if m is None:
+            break
         first = m.lastgroup
         assert first is not None
         hits.add(first)
-        start = m.start() + 1
-        hits.update(name for name in _LATER_WORD_LED[first] if name not in hits and _WORD_LED_AT[name](padded, start))
-        if len(hits) == len(_WORD_LED):
-            break
+        pos = m.start()
+        remaining = tuple(name for name in remaining if name != first)
     return hits
 
 

@@ -16,7 +16,6 @@ numbers; ``tests/test_embedded.py`` checks it on every dataset row.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -35,9 +34,8 @@ class TermIndex:
     """Maps a turn to (coefficient-row indices, l2-normalised TF-IDF values) of both sparse blocks.
 
     Indices of the context block are offset by ``len(msg_vocab)``: rows of the model's ``coef``.
-    Rows are gathered in Python lists and counted with :class:`collections.Counter` (C code): numpy's
-    per-call overhead on arrays of ~100 values cost more than that; numpy is used once the distinct
-    rows are known.
+    Rows are gathered in Python lists (per-word and per-message tuples from the caches) and go to
+    numpy once, as one array: numpy's per-call overhead, not arithmetic, is the cost at this size.
     """
 
     def __init__(self, msg_vocab: TfidfVocab, ctx_vocab: TfidfVocab) -> None:
@@ -55,21 +53,32 @@ class TermIndex:
     def encode(self, transcript: Sequence[ChatMessage], turn: Turn | None = None) -> tuple[IntArray, FloatArray]:
         """Distinct rows and l2-normalised TF-IDF values of [message block | context block].
 
-        ``turn`` is the last message's scan (made here if not given). Rows come in no set order (the
-        caller dots them with coefficient rows); each block is normalised on its own.
+        ``turn`` is the last message's scan (made here if not given). The blocks' rows are disjoint
+        (context rows are offset); each block is normalised on its own.
         """
         last = Turn(transcript[-1]) if turn is None else turn
-        msg_rows, ctx_rows = self.message_rows(last), self.context_rows(transcript)
-        in_msg, in_ctx = Counter(msg_rows), Counter(ctx_rows)
-        n_msg = len(in_msg)
-        rows = np.array([*in_msg, *in_ctx], dtype=np.int64)
-        vals = self._idf.take(rows)
-        if rows.size < len(msg_rows) + len(ctx_rows):  # sublinear tf for repeats: 1 + log(count)
-            vals *= 1.0 + np.log(np.array([*in_msg.values(), *in_ctx.values()], dtype=np.float64))
-        for block in (vals[:n_msg], vals[n_msg:]):
+        rows = np.array(self.message_rows(last) + self.context_rows(transcript), dtype=np.int64)
+        n = rows.size
+        if n == 0:
+            return rows, np.zeros(0, dtype=np.float64)
+        # one sort finds the repeated terms and leaves the message block (lower rows) first
+        rows.sort()
+        first = np.empty(n, dtype=np.bool_)
+        first[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=first[1:])
+        unique = rows[first]
+        vals = self._idf.take(unique)
+        if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
+            starts = np.flatnonzero(first)
+            counts = np.empty(unique.size, dtype=np.float64)
+            np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+            counts[-1] = n - starts[-1]
+            vals *= 1.0 + np.log(counts)
+        split = int(np.searchsorted(unique, self._ctx_offset))
+        for block in (vals[:split], vals[split:]):
             if block.size:
                 block /= math.sqrt(float(block @ block))
-        return rows, vals
+        return unique, vals
 
     def message_rows(self, turn: Turn) -> list[int]:
         """Vocabulary rows of :func:`~intent.features.message_terms` (with repeats, in no set order)."""

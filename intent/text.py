@@ -135,14 +135,16 @@ def trigrams_of(toks: tuple[str, ...]) -> frozenset[str]:
     unless a task id forms across the join ("task" then a number once a word between them is
     dropped), so any word containing "task" takes the exact path.
     """
-    words = [t for t in toks if t not in STOPWORDS]
-    if any("task" in w for w in words):
-        return frozenset(char_ngrams(" ".join(words), 3, 3, ""))
-    return frozenset().union(*map(_word_trigrams, words))
+    if "task" in " ".join(toks):  # (tokens hold no spaces: only a token can contain "task")
+        return frozenset(char_ngrams(" ".join(t for t in toks if t not in STOPWORDS), 3, 3, ""))
+    return frozenset().union(*map(_word_trigrams, toks))
 
 
 @lru_cache(maxsize=65536)
 def _word_trigrams(word: str) -> frozenset[str]:
+    """Trigrams of " word " (none for a stopword: trigram_set leaves those out), cached per word."""
+    if word in STOPWORDS:
+        return frozenset()
     padded = f" {word} "
     return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 

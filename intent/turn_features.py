@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import islice
 
 import numpy as np
 
@@ -56,6 +57,8 @@ from intent.text import (
 
 _EVENTS = (*TOOL_EVENTS, "other")
 _PREV_ROLES = ("none", *ROLES)
+_ONE_HOT_ROLE = {r: [float(r == other) for other in ROLES] for r in ROLES}
+_ONE_HOT_PREV_ROLE = {r: [float(r == other) for other in _PREV_ROLES] for r in _PREV_ROLES}
 _PREV_CUE_AT = tuple(CUE_NAMES.index(c) for c in PREV_USER_CUES)
 _NO_CUES = [0.0] * len(CUE_NAMES)
 
@@ -109,11 +112,11 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     text, toks, role = turn.text, turn.toks, turn.role
     n_tasks = len(tasks)
     f: list[float] = [float(n_tasks == 0), float(n_tasks == 1), float(n_tasks == 2), float(n_tasks >= 3)]
-    f += [float(role == r) for r in ROLES]
+    f += _ONE_HOT_ROLE.get(role) or [0.0] * len(ROLES)
     event = tool_event(text) if role == "tool" else None
     f += [float(event is not None and event[1] == e) for e in _EVENTS]
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
-    f += [float(prev_role == r) for r in _PREV_ROLES]
+    f += _ONE_HOT_PREV_ROLE.get(prev_role) or [0.0] * len(_PREV_ROLES)
     msg_stems, msg_tri = turn.stems, turn.tri
     views = [task_view(t.summary, t.last_update) for t in tasks]
     # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
@@ -135,7 +138,7 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         float(event is not None and event[0] in open_ids),
         float(any(m.role == "assistant" for m in transcript[-3:-1])),
         math.log1p(n_stems) / 2.0,
-        sum(1 for t in toks if t in FILLERS) / max(1, len(toks)),
+        sum(map(FILLERS.__contains__, toks)) / max(1, len(toks)),
     ]
     # cue lexicons describe what a *user* says; a callback's echoed task text must not fire them
     if role == "user":
@@ -146,7 +149,7 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     else:
         f += _NO_CUES
     # a tool callback is decided on after the user's last words: their cues still matter
-    prev_user = next((m.content for m in reversed(transcript[:-1]) if m.role == "user"), "")
+    prev_user = next((m.content for m in islice(reversed(transcript), 1, None) if m.role == "user"), "")
     f += _prev_user_cues(prev_user)
     return f
 
@@ -209,29 +212,30 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     ctx_gap = [v - best_ctx for v in ctx_in]
     silent = float(best_overlap <= 0.0)
     spoken = 1.0 - silent
-    columns = (
-        summary_in,
-        task_in,
-        task_tri,
-        [v * spoken for v in ctx_in],
-        [v * spoken for v in ctx_tri_col],
-        [float(v >= best_overlap - 1e-12) for v in task_in],
-        [v - best_overlap for v in task_in],
-        [v - best_tri for v in task_tri],
-        id_msg,
-        id_tool,
-        id_seen,
-        [v * spoken for v in asst_in],
-        focus_in,
-        kept_in,
-        [v - best_focus for v in focus_in],
-        [v * spoken for v in ctx_gap],
-        [v * silent for v in ctx_in],
-        [v * silent for v in ctx_tri_col],
-        [v * silent for v in ctx_gap],
-        [v * silent for v in asst_in],
-    )
-    return np.array(columns, dtype=np.float64).T
+    # PAIR_NAMES order, column after column, in one flat list: one conversion to numpy
+    flat = [
+        *summary_in,
+        *task_in,
+        *task_tri,
+        *[v * spoken for v in ctx_in],
+        *[v * spoken for v in ctx_tri_col],
+        *[float(v >= best_overlap - 1e-12) for v in task_in],
+        *[v - best_overlap for v in task_in],
+        *[v - best_tri for v in task_tri],
+        *id_msg,
+        *id_tool,
+        *id_seen,
+        *[v * spoken for v in asst_in],
+        *focus_in,
+        *kept_in,
+        *[v - best_focus for v in focus_in],
+        *[v * spoken for v in ctx_gap],
+        *[v * silent for v in ctx_in],
+        *[v * silent for v in ctx_tri_col],
+        *[v * silent for v in ctx_gap],
+        *[v * silent for v in asst_in],
+    ]
+    return np.array(flat, dtype=np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
 
 
 def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], frozenset[str]]:

@@ -69,12 +69,12 @@ class TermIndex:
         unique = rows[first]
         vals = self._idf.take(unique)
         if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
-            starts = np.flatnonzero(first)
+            starts = first.nonzero()[0]
             counts = np.empty(unique.size, dtype=np.float64)
             np.subtract(starts[1:], starts[:-1], out=counts[:-1])
             counts[-1] = n - starts[-1]
             vals *= 1.0 + np.log(counts)
-        split = int(np.searchsorted(unique, self._ctx_offset))
+        split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:
                 block /= math.sqrt(float(block @ block))

@@ -34,7 +34,8 @@ TOOL_EVENTS = ("progress", "completed", "failed", "started")
 
 def normalise(text: str) -> str:
     """Lower-case, with task ids folded to one placeholder token (ids differ per conversation)."""
-    return _TASK_ID.sub(" taskid ", text.lower())
+    lowered = text.lower()
+    return _TASK_ID.sub(" taskid ", lowered) if may_name_task(lowered) else lowered
 
 
 def scan_tokens(text: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from intent.features import (
     pair_features,
     task_view,
 )
-from intent.text import _TASK_ID, content_stems, mentioned_ids, stems_of, tokens, trigram_set, trigrams_of
+from intent.text import _TASK_ID, content_stems, mentioned_ids, normalise, stems_of, tokens, trigram_set, trigrams_of
 from intent.turn_features import Turn, _context_view, dense_row, pair_rows
 from orchestrator.bench_turns import utterance
 
@@ -130,6 +130,7 @@ def test_fast_features_equal_the_definitions_on_bench_like_conversations() -> No
 def test_text_views_from_tokens(text: str) -> None:
     assert stems_of(tokens(text)) == content_stems(text)
     assert trigrams_of(tokens(text)) == trigram_set(text)
+    assert normalise(text) == _TASK_ID.sub(" taskid ", text.lower())
     every = {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(text.lower())}
     assert mentioned_ids(text) == every
 

@@ -66,7 +66,7 @@ _NO_CUES = [0.0] * len(CUE_NAMES)
 class Turn:
     """What a decision needs from the message being decided on, scanned once (see the module doc)."""
 
-    __slots__ = ("head_toks", "role", "stems", "text", "toks", "tri")
+    __slots__ = ("_tri", "head_toks", "role", "stems", "text", "toks")
 
     def __init__(self, message: ChatMessage) -> None:
         text = self.text = message.content
@@ -77,7 +77,14 @@ class Turn:
         #: tokens of the first CHAR_NGRAM_CHARS characters (character n-grams and trigrams use those)
         self.head_toks = self.toks if len(head) == len(text) else scan_tokens(head)
         self.stems = stems_of(self.toks)
-        self.tri = trigrams_of(self.head_toks)
+        self._tri: frozenset[str] | None = None
+
+    @property
+    def tri(self) -> frozenset[str]:
+        """Trigrams of the message's head (trigram_set): made on first use, only turns with tasks need them."""
+        if self._tri is None:
+            self._tri = trigrams_of(self.head_toks)
+        return self._tri
 
 
 class _Recent:
@@ -117,16 +124,18 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     f += [float(event is not None and event[1] == e) for e in _EVENTS]
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
     f += _ONE_HOT_PREV_ROLE.get(prev_role) or [0.0] * len(_PREV_ROLES)
-    msg_stems, msg_tri = turn.stems, turn.tri
+    msg_stems = turn.stems
     views = [task_view(t.summary, t.last_update) for t in tasks]
     # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
     n_stems = len(msg_stems)
     overlaps = sorted((len(msg_stems & v[0]) / n_stems for v in views), reverse=True) if n_stems else [0.0] * n_tasks
     open_ids = {t.id.lower() for t in tasks}
-    n_tri = len(msg_tri)
-    best_tri = (
-        max((2 * len(msg_tri & v[1]) / (n_tri + len(v[1])) for v in views if v[1]), default=0.0) if n_tri else 0.0
-    )
+    best_tri = 0.0
+    if tasks:  # (the message's trigrams are made only when there is a task to compare them with)
+        msg_tri = turn.tri
+        n_tri = len(msg_tri)
+        if n_tri:
+            best_tri = max((2 * len(msg_tri & v[1]) / (n_tri + len(v[1])) for v in views if v[1]), default=0.0)
     f += [
         math.log1p(len(transcript)),
         math.log1p(len(toks)) / 3.0,

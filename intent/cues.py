@@ -178,6 +178,18 @@ def _caseless_safe(text: str) -> bool:
     return text.isascii() or all(c == c.lower() == c.upper() for c in _NON_ASCII.findall(text))
 
 
+def compile_all() -> None:
+    """Compile the pattern of every set of word-led groups now (~0.4 s once) instead of on first use.
+
+    Which sets a text needs depends on where its cues occur, so without this the first texts a
+    process decides on pay a few milliseconds of compilation each: measured as a cold-pass decide
+    p99 of 3.8 ms instead of under 2 ms in ``sraq intent eval``. Called when a model is loaded.
+    """
+    names = tuple(_WORD_LED)
+    for mask in range(1, 1 << len(names)):
+        _any_word_led(tuple(name for i, name in enumerate(names) if mask >> i & 1))
+
+
 def _word_led_hits(lowered: str) -> set[str]:
     """Groups whose word-led alternative matches somewhere in ``lowered``.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from intent.backend import BackendError, Decision, DecisionRequest
 from intent.contract import Action, ChatMessage, Intent, TaskInfo, make_intent, validate
+from intent.cues import compile_all
 from intent.embedded_model import ArtefactError, EmbeddedModel, Prediction
 from intent.features import FEATURE_CACHE
 from intent.text import clean_utterance, content_stems, overlap, tool_event
@@ -39,9 +40,11 @@ class EmbeddedBackend:
     def load(cls, path: Path | str | None = None) -> EmbeddedBackend:
         """Load ``path`` (or the shipped artefact); a bad artefact raises BackendError."""
         try:
-            return cls(EmbeddedModel.load(path))
+            model = EmbeddedModel.load(path)
         except ArtefactError as exc:
             raise BackendError(NAME, str(exc)) from None
+        compile_all()  # the cue patterns: compiled at load, not during the first decisions
+        return cls(model)
 
     async def decide(self, request: DecisionRequest) -> Decision:
         return self.decide_sync(request)

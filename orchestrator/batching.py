@@ -6,13 +6,13 @@ socket write, a read and an event-loop wake-up; under load that, not Redis, boun
 pipeline (each snapshot and each apply stays atomic on its own: one Lua script each). When a
 pipeline's replies arrive, all its lanes wake in the same iteration and their next requests
 coalesce again, so batches form by themselves under load; a lone turn waits for nothing but the
-end of the current iteration.
+next iteration.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Generic, TypeVar
 
 import structlog
@@ -40,19 +40,28 @@ class _Batcher(Generic[Req, Res]):
         fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._queue.append((request, fut))
         if len(self._queue) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            # the task's first step runs next iteration and takes everything queued by then: the
+            # same batches as flushing at the end of this iteration, one event-loop hop sooner
+            self._spawn(self._run_queued())
         elif len(self._queue) >= self.limit:
-            self._flush()
+            self._spawn(self._execute_live(self._take()))
         return await fut
 
-    def _flush(self) -> None:
+    def _take(self) -> list[tuple[Req, asyncio.Future[Res]]]:
         batch, self._queue = self._queue, []
-        live = [(r, f) for r, f in batch if not f.done()]  # waiters cancelled meanwhile are dropped
-        if not live:
-            return
-        task = asyncio.create_task(self._execute(live), name=f"coalesce:{self.name}")
+        return [(r, f) for r, f in batch if not f.done()]  # waiters cancelled meanwhile are dropped
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro, name=f"coalesce:{self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _run_queued(self) -> None:
+        await self._execute_live(self._take())  # empty when a full batch already went
+
+    async def _execute_live(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
+        if batch:
+            await self._execute(batch)
 
     async def _execute(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         self.batches += 1

@@ -49,15 +49,19 @@ def _embedded(settings: Settings) -> Backend:
         module = importlib.import_module("intent.embedded")
     except ImportError as exc:
         raise BackendConfigError(f"the embedded tier is not available in this build ({exc})") from None
+    if settings.embedded_processes > 0:
+        from intent.embedded_model import EmbeddedModel
+        from intent.embedded_process import ProcessEmbeddedBackend
+
+        try:  # refuse a bad artefact now; the children load (and warm up) their own copy
+            EmbeddedModel.load(settings.embedded_model)
+        except Exception as exc:
+            raise BackendConfigError(f"cannot load the embedded model: {exc}") from None
+        return ProcessEmbeddedBackend(settings.embedded_model, processes=settings.embedded_processes)
     try:
         backend: Backend = module.EmbeddedBackend.load(settings.embedded_model)
     except Exception as exc:
         raise BackendConfigError(f"cannot load the embedded model: {exc}") from None
-    if settings.embedded_processes > 0:
-        # loaded above only to refuse a bad artefact now; the children load their own copy
-        from intent.embedded_process import ProcessEmbeddedBackend
-
-        return ProcessEmbeddedBackend(settings.embedded_model, processes=settings.embedded_processes)
     return backend
 
 

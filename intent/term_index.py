@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from intent.text import ngrams_of, scan_tokens, tokens, tool_event
 from intent.turn_features import Turn
 
 WORD_CACHE = 65_536
+#: The tag context_terms gives a message of another role.
+_OTHER_TAG = "x:"
 MESSAGE_CACHE = 4096
 
 
@@ -40,10 +43,13 @@ class TermIndex:
 
     def __init__(self, msg_vocab: TfidfVocab, ctx_vocab: TfidfVocab) -> None:
         self._msg = msg_vocab.index
-        # character n-grams keyed without their "c:" prefix: no string concatenation per n-gram
-        self._char = {t[2:]: i for t, i in msg_vocab.index.items() if t.startswith("c:")}
+        # Terms keyed without their prefix ("c:", "w:", a role tag): looking up a token or a word pair
+        # needs no string concatenation per term. Within one prefix the keys stand for the same terms.
+        self._char = _unprefixed(msg_vocab.index, "c:")
+        self._word = _unprefixed(msg_vocab.index, "w:")
         offset = self._ctx_offset = len(msg_vocab)
         self._ctx = {t: i + offset for t, i in ctx_vocab.index.items()}
+        self._ctx_by_tag = {tag: _unprefixed(self._ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
         self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
         self._word_chars: Callable[[str], tuple[int, ...]] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
         self._context_rows: Callable[[str, str], tuple[int, ...]] = lru_cache(maxsize=MESSAGE_CACHE)(
@@ -89,7 +95,11 @@ class TermIndex:
             body = text.split("]", 1)[-1] if event is not None else text
             terms = [f"tool_event={event[1] if event else 'none'}", *ngrams_of(scan_tokens(body), prefix="tw:")]
             return [i for i in map(get, terms) if i is not None]
-        rows = [i for i in map(get, ngrams_of(turn.toks)) if i is not None]
+        # ngrams_of(turn.toks) ("w:" unigrams, then "w:a b" pairs with <s>/</s> markers), unprefixed
+        word = self._word.get
+        toks = turn.toks
+        rows = [i for i in map(word, toks) if i is not None]
+        rows += [i for i in map(word, map(" ".join, pairwise(("<s>", *toks, "</s>")))) if i is not None]
         for word_rows in map(self._word_chars, turn.head_toks):
             rows += word_rows
         return rows
@@ -110,9 +120,16 @@ class TermIndex:
         return tuple(i for i in map(get, grams) if i is not None)
 
     def _message_context_rows(self, role: str, content: str) -> tuple[int, ...]:
-        tag = ROLE_TAG.get(role, "x:")
+        # context_terms' terms of one message, looked up without their role tag
+        get = self._ctx_by_tag[ROLE_TAG.get(role, _OTHER_TAG)].get
         event = tool_event(content) if role == "tool" else None
-        terms = [f"{tag}event={event[1]}"] if event is not None else []
-        terms += [tag + t for t in tokens(content)]
-        get = self._ctx.get
-        return tuple(i for i in map(get, terms) if i is not None)
+        rows = [i for i in map(get, tokens(content)) if i is not None]
+        if event is not None and (i := get(f"event={event[1]}")) is not None:
+            rows.append(i)
+        return tuple(rows)
+
+
+def _unprefixed(index: dict[str, int], prefix: str) -> dict[str, int]:
+    """The entries of ``index`` whose term starts with ``prefix``, keyed by the rest of the term."""
+    cut = len(prefix)
+    return {t[cut:]: i for t, i in index.items() if t.startswith(prefix)}

@@ -193,9 +193,10 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
             (kept if KEEP_CUE.search(clause) else focus).append(stems)
     in_msg = mentioned_ids(last)
     in_transcript = in_msg
-    earlier = transcript[:-1]
-    if may_name_task(" ".join(m.content for m in earlier).lower()):
-        in_transcript = in_msg.union(*(_earlier_ids(m.content) for m in earlier))
+    earlier = [m.content for m in transcript[:-1]]
+    if may_name_task(" ".join(earlier).lower()):
+        # map() over the cached function: a C loop (a generator here cost more than the lookups)
+        in_transcript = in_msg.union(*map(_earlier_ids, earlier))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -254,8 +255,8 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
     Joining with spaces keeps every message's tokens unless a task id forms across a join, or a
     dangling "-" (a token only at the very end of a text) is followed by the next message.
     """
-    ctx = " ".join(m.content for m in context)
     contents = [m.content for m in context]
+    ctx = " ".join(contents)
     if may_name_task(ctx.lower()) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
     stems = frozenset().union(*map(content_stems, contents))

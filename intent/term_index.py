@@ -51,6 +51,7 @@ class TermIndex:
         self._ctx = {t: i + offset for t, i in ctx_vocab.index.items()}
         self._ctx_by_tag = {tag: _unprefixed(self._ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
         self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
+        self._end = self._idf.size  # a row past every row (the encoding's end sentinel)
         self._word_chars: Callable[[str], tuple[int, ...]] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
         self._context_rows: Callable[[str, str], tuple[int, ...]] = lru_cache(maxsize=MESSAGE_CACHE)(
             self._message_context_rows
@@ -63,23 +64,24 @@ class TermIndex:
         (context rows are offset); each block is normalised on its own.
         """
         last = Turn(transcript[-1]) if turn is None else turn
-        rows = np.array(self.message_rows(last) + self.context_rows(transcript), dtype=np.int64)
-        n = rows.size
+        listed = self.message_rows(last) + self.context_rows(transcript)
+        n = len(listed)
         if n == 0:
-            return rows, np.zeros(0, dtype=np.float64)
-        # one sort finds the repeated terms and leaves the message block (lower rows) first
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        # One sort finds the repeated terms and leaves the message block (lower rows) first. Two
+        # sentinels, -1 (sorts first) and self._end (past every row, sorts last), make "starts a run
+        # of equal rows" one comparison of two views, and every run's length a difference of starts:
+        # at ~100 rows, numpy's per-call overhead is the cost, so fewer calls is less time.
+        listed += (-1, self._end)
+        rows = np.array(listed, dtype=np.int64)
         rows.sort()
-        first = np.empty(n, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(rows[1:], rows[:-1], out=first[1:])
-        unique = rows[first]
+        tail = rows[1:]
+        first = tail != rows[:-1]  # n + 1 flags: the rows, then the end sentinel (always a start)
+        unique = tail[first][:-1]
         vals = self._idf.take(unique)
         if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
-            starts = first.nonzero()[0]
-            counts = np.empty(unique.size, dtype=np.float64)
-            np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-            counts[-1] = n - starts[-1]
-            vals *= 1.0 + np.log(counts)
+            starts = first.nonzero()[0]  # the last one is n, where the end sentinel is
+            vals *= 1.0 + np.log(np.subtract(starts[1:], starts[:-1], dtype=np.float64))
         split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:

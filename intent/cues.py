@@ -139,6 +139,9 @@ def _rest_test(alternatives: Sequence[str]) -> Callable[[str], object] | None:
     tests = [_test(kind, alts) for kind, alts in kinds.items()]
     if len(tests) <= 1:
         return tests[0] if tests else None
+    if len(tests) == 2:  # (no generator per call)
+        first, second = tests
+        return lambda text: first(text) or second(text)
     return lambda text: any(test(text) for test in tests)
 
 
@@ -162,7 +165,7 @@ def _test(kind: str, alternatives: list[str]) -> Callable[[str], object]:
     if kind == "end":
         return lambda text: pattern.search(text, max(0, len(text.rstrip()) - 3)) is not None
     if kind == "literal":  # (re.escape leaves them unchanged: the pattern matches exactly these strings)
-        return lambda text: any(alt in text for alt in alternatives)
+        return lambda text: any(map(text.__contains__, alternatives))
     return pattern.search
 
 

@@ -132,7 +132,7 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     views = [task_view(t.summary, t.last_update) for t in tasks]
     # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
     n_stems = len(msg_stems)
-    overlaps = sorted((len(msg_stems & v[0]) / n_stems for v in views), reverse=True) if n_stems else [0.0] * n_tasks
+    overlaps = sorted([len(msg_stems & v[0]) / n_stems for v in views], reverse=True) if n_stems else [0.0] * n_tasks
     open_ids = {t.id.lower() for t in tasks}
     best_tri = 0.0
     if tasks:  # (the message's trigrams are made only when there is a task to compare them with)
@@ -162,7 +162,11 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     else:
         f += _NO_CUES
     # a tool callback is decided on after the user's last words: their cues still matter
-    prev_user = next((m.content for m in islice(reversed(transcript), 1, None) if m.role == "user"), "")
+    prev_user = ""
+    for m in islice(reversed(transcript), 1, None):
+        if m.role == "user":
+            prev_user = m.content
+            break
     f += _prev_user_cues(prev_user)
     return f
 

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Conversations whose ledger snapshot stays in memory between turns (0: read every turn)",
     )
+    gc_gen0_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Garbage collector: allocations between young collections (Python's default 700; 0 keeps it)",
+    )
+    gc_freeze: bool = Field(True, description="Garbage collector: freeze what exists at start (model, modules)")
     read_batch: int = Field(128, ge=1, description="Entries per XREADGROUP call")
     read_block_ms: int = Field(500, ge=10, description="XREADGROUP BLOCK time (also bounds how fast reading stops)")
     max_deliveries: int = Field(5, ge=1, description="An entry delivered more times than this is dead-lettered")

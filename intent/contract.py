@@ -123,8 +123,12 @@ def _task_id(raw: str) -> str:
     return task_id
 
 
-class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What the intent layer sees of a ledger task (it does not import the ledger)."""
+class TaskInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What the intent layer sees of a ledger task (it does not import the ledger).
+
+    ``gc=False`` (also :class:`ChatMessage`): scalar fields only, never in a reference cycle, and
+    many of them live in the orchestrator's caches: the garbage collector need not scan them.
+    """
 
     id: str
     summary: str
@@ -132,8 +136,8 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "running"
 
 
-class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """One transcript message as the intent layer sees it."""
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One transcript message as the intent layer sees it (untracked by the garbage collector)."""
 
     role: str
     content: str

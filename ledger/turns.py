@@ -30,8 +30,8 @@ class Role(str, Enum):
     TOOL = "tool"
 
 
-class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One turn of a conversation.
+class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One turn of a conversation (scalar fields only: untracked by the garbage collector).
 
     ``turn_id`` is the client's idempotency key (generated when absent). Task events from workers
     have ``role=tool`` and carry ``task_id``, ``event`` and ``attempt``.

@@ -52,6 +52,8 @@ def test_bench_loop(redis_url: str) -> None:
     at_rate = out["at_rate"]
     assert isinstance(at_rate, dict) and at_rate["turns"] == 100  # published by the paced client process
     assert 50 < at_rate["offered_turns_per_s"] < 200
+    # the collector policy of `sraq orchestrator` (orchestrator/gc_policy.py) is in effect, the model frozen
+    assert out["gc"]["thresholds"] == [10_000, 20, 100] and out["gc"]["frozen_objects"] > 10_000
 
 
 @pytest.mark.timeout(150)

@@ -28,6 +28,17 @@ def relay(pool: ArqRedis, keys: Keys, consumer: str = "relay-a", **kw: int) -> D
     return Dispatcher(pool, keys, consumer=consumer, block_ms=100, claim_idle_ms=kw.get("claim_idle_ms", 300))
 
 
+async def relay_until_settled(redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c1") -> Dispatcher:
+    """Run a relay until every outbox entry of ``conv``'s partition is acknowledged; returns it stopped."""
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, conv))
+    finally:
+        await d.stop()
+    return d
+
+
 async def queued(redis: Redis, keys: Keys) -> list[str]:
     return [m.decode() for m in await redis.zrange(keys.queue, 0, -1)]
 
@@ -41,12 +52,7 @@ async def settled(redis: Redis, keys: Keys, conv: str) -> bool:
 
 async def test_start_enqueues_one_msgpack_job(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
     await ledger.apply("c1", 0, "u1", [StartOp("find flights")])
-    d = relay(pool, keys)
-    await d.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await d.stop()
+    d = await relay_until_settled(redis, pool, keys)
     jid = job_id(keys, "c1", "task-1", 1)
     assert await queued(redis, keys) == [jid]
     payload = deserialize(await redis.get(job_key_prefix + jid))
@@ -111,12 +117,7 @@ async def test_restart_with_same_consumer_name_replays_own_pending(
 async def test_cancelled_before_relay_never_enqueues(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
     await ledger.apply("c1", 0, "u1", [StartOp("a")])
     await ledger.apply("c1", 1, "u2", [CancelOp("task-1", "changed my mind")])
-    d = relay(pool, keys)
-    await d.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await d.stop()
+    d = await relay_until_settled(redis, pool, keys)
     assert await queued(redis, keys) == []
     assert d.stats["skipped_closed"] == 1 and d.stats["cancel_no_job"] == 1
     assert await redis.zscore(abort_jobs_ss, job_id(keys, "c1", "task-1", 1)) is None  # no stale marker left
@@ -144,6 +145,48 @@ async def test_stale_abort_marker_is_cleared_before_reuse(redis: Redis, keys: Ke
     assert await enqueue_task(pool, keys, "c9", "task-1", 1, "x")
     assert await redis.zscore(abort_jobs_ss, jid) is None
     assert not await enqueue_task(pool, keys, "c9", "task-1", 1, "x")  # and it dedups
+
+
+async def test_relay_clears_a_stale_abort_marker_at_start(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """The relay reads the marker with the task (one round trip) and clears it only when one is there."""
+    jid = job_id(keys, "c1", "task-1", 1)
+    await redis.zadd(abort_jobs_ss, {jid: 1})  # left by an earlier job with the same id
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await relay_until_settled(redis, pool, keys)
+    assert await queued(redis, keys) == [jid]
+    assert await redis.zscore(abort_jobs_ss, jid) is None
+
+
+async def test_cancel_marks_the_queued_job_and_expires_its_records(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+        await ledger.apply("c1", 1, "u2", [CancelOp("task-1", "changed my mind")])
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    jid = job_id(keys, "c1", "task-1", 1)
+    assert d.stats["aborted"] == 1 and await redis.zscore(abort_jobs_ss, jid) is not None
+    assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
+
+
+async def test_update_behind_a_later_entry_is_still_delivered(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """An update whose outbox id is below the stream's top (claimed out of order) gets a new id, once."""
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "window seat")])
+    updates = keys.task("c1", "task-1").updates
+    await redis.xadd(updates, {"text": "from the future", "turn": "x", "lv": 9}, id="99999999999999-0")
+    d = await relay_until_settled(redis, pool, keys)
+    texts = [f[b"text"] for _id, f in await redis.xrange(updates)]
+    assert texts == [b"from the future", b"window seat"] and d.stats["updates"] == 1
 
 
 async def test_malformed_entry_goes_to_dead_letters(redis: Redis, keys: Keys, pool: ArqRedis) -> None:

@@ -60,6 +60,22 @@ async def test_same_decisions_as_inline(process_backend: ProcessEmbeddedBackend)
     for request, decision in zip(requests, remote, strict=True):
         assert _same(decision, inline.decide_sync(request)), request.turn_id
     assert {d.intent.action.value for d in remote} >= {"reply", "start_task", "noop"}
+    # requested in one event-loop iteration: one pipe write per child, not one per decision
+    assert sum(c.writes for c in process_backend._children) == 2
+
+
+def test_worker_answers_every_complete_frame_and_keeps_the_rest() -> None:
+    from intent.embedded_wire import HEADER, WireRequest, frame, reply_decoder
+    from intent.embedded_worker import _answer_complete
+
+    backend = EmbeddedBackend.load()
+    frames = [frame(WireRequest(i + 1, r)) for i, r in enumerate(_requests(3))]
+    data = frames[0] + frames[1] + frames[2][: len(frames[2]) // 2]  # two and a half frames
+    replies, rest = _answer_complete(backend, data)
+    assert [reply_decoder.decode(r[HEADER.size :]).id for r in replies] == [1, 2]
+    assert rest == frames[2][: len(frames[2]) // 2]
+    replies, rest = _answer_complete(backend, rest + frames[2][len(frames[2]) // 2 :])
+    assert [reply_decoder.decode(r[HEADER.size :]).id for r in replies] == [3] and rest == b""
 
 
 async def test_errors_cross_the_process_boundary_typed(process_backend: ProcessEmbeddedBackend) -> None:
@@ -116,7 +132,11 @@ async def test_a_bad_artefact_is_refused_at_build_and_start(tmp_path: Path) -> N
 
 
 def test_the_setting_selects_inline_or_child_processes() -> None:
-    assert isinstance(build_backend(Settings(intent_tiers="embedded")), EmbeddedBackend)  # default: inline
+    assert isinstance(build_backend(Settings(intent_tiers="embedded", embedded_processes=0)), EmbeddedBackend)
+    # the default: one child where two CPUs are there (this machine and CI), inline on a single CPU
+    expected = ProcessEmbeddedBackend if len(os.sched_getaffinity(0)) >= 2 else EmbeddedBackend
+    assert Settings().embedded_processes == (1 if expected is ProcessEmbeddedBackend else 0)
+    assert isinstance(build_backend(Settings(intent_tiers="embedded")), expected)
     assert isinstance(build_backend(Settings(intent_tiers="embedded", embedded_processes=1)), ProcessEmbeddedBackend)
 
 
@@ -154,3 +174,44 @@ async def test_backend_contract_holds_for_the_process_variant(process_backend: P
     from tests.test_embedded import test_backend_contract as embedded_backend_contract
 
     await embedded_backend_contract(process_backend)  # type: ignore[arg-type]
+
+
+async def test_the_child_exits_when_its_orchestrator_is_killed(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """SIGKILL of the orchestrator closes the child's stdin: it exits, no orphan keeps running."""
+    from tests.orch_support import Instance, wait_until
+
+    inst = Instance(
+        redis_url, prefix, tmp_path, "parent", SRAQ_INTENT_TIERS="embedded", SRAQ_EMBEDDED_PROCESSES="1"
+    ).start()
+    try:
+
+        async def healthy() -> bool:
+            return bool(inst.partitions())
+
+        await wait_until(healthy, 30, "the orchestrator to own its partitions")
+        assert inst.proc is not None
+        children = _children(inst.proc.pid)
+        assert len(children) == 1 and b"intent.embedded_worker" in _cmdline(children[0])
+    finally:
+        inst.kill()
+
+    async def gone() -> bool:
+        return _exited(children[0])
+
+    await wait_until(gone, 10, "the orphaned child to exit")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, waiting to be reaped by init

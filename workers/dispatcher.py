@@ -32,23 +32,54 @@ import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError, ResponseError
 
-from ledger import Keys, Ledger
+from ledger import Keys, Ledger, decode_task
 from ledger.models import OutboxEntry, OutboxKind
 from workers.context import update_fields
-from workers.queue import ACTIVE_STATES, abort, enqueue_task, job_id, job_state
+from workers.queue import ACTIVE_STATES, abort_marker_of, enqueue_task, job_id, job_state, mark_aborted
 
 log = structlog.get_logger("sraq.workers.dispatcher")
 
 GROUP = "dispatcher"
-#: raise the recorded dispatch generation only forward (a late redelivered start must not regress it)
+#: Record a dispatch (raise the recorded generation only forward: a late redelivered start must not
+#: regress it), then acknowledge the outbox entry in the same step.
+#: KEYS: task run hash, outbox. ARGV: dispatch, job id, group, entry id.
 _RECORD_LUA = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'dispatch') or '0')
+local moved = 0
 if tonumber(ARGV[1]) >= cur then
   redis.call('HSET', KEYS[1], 'dispatch', ARGV[1], 'job', ARGV[2])
-  return 1
+  moved = 1
 end
-return 0
+redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
+return moved
 """
+#: Deliver an update to the task's update stream under the outbox entry's id (a redelivered entry is
+#: not delivered twice), then acknowledge the entry when ARGV[3] is "1".
+#: KEYS: task update stream, outbox. ARGV: entry id, group, ack flag, field, value, ...
+#: Returns "delivered", "duplicate" (this id is there already) or "late" (a later entry got there
+#: first, e.g. claimed out of order: delivered under a new id).
+_DELIVER_LUA = """
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local outcome = 'delivered'
+local added = redis.pcall('XADD', KEYS[1], ARGV[1], unpack(fields))
+if type(added) == 'table' and added.err then
+  if not string.find(added.err, 'equal or smaller', 1, true) then
+    return redis.error_reply(added.err)
+  end
+  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then
+    outcome = 'duplicate'
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+    outcome = 'late'
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+end
+return outcome
+"""
+_DELIVERED_STAT = {"delivered": "updates", "late": "updates", "duplicate": "duplicate_updates"}
 
 
 class MalformedEntry(ValueError):
@@ -101,6 +132,7 @@ class Dispatcher:
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._record = pool.register_script(_RECORD_LUA)
+        self._deliver = pool.register_script(_DELIVER_LUA)
         self._started = False
         #: set when a relay loop died of an unexpected error (``error`` says which); hosts should stop
         self.failed = asyncio.Event()
@@ -238,74 +270,82 @@ class Dispatcher:
             log.error("dispatcher_malformed_entry", partition=p, entry=entry_id.decode(), error=str(exc))
             self.stats["malformed"] += 1
             return
+        # Each kind acknowledges the entry itself, only once arq accepted the call (or it was a no-op),
+        # mostly inside its last write: a crash before that redelivers the entry.
         match entry.kind:
             case OutboxKind.START:
-                await self._start(entry)
+                await self._start(entry, outbox)
             case OutboxKind.UPDATE:
-                await self._update(entry)
+                await self._update(entry, outbox)
             case OutboxKind.CANCEL:
-                await self._cancel(entry)
-        # only now: arq accepted the call (or it was a no-op); a crash before this line redelivers
-        await self.pool.xack(outbox, GROUP, entry_id)
+                await self._cancel(entry, outbox)
 
     # ------------------------------------------------------------------ kinds
 
-    async def _task_open(self, entry: OutboxEntry) -> bool:
-        task = await self.ledger.task(entry.conversation_id, entry.task_id)
-        return task is not None and task.is_open
-
-    async def _dispatch(self, entry: OutboxEntry, dispatch: int, explanation: str) -> bool:
+    async def _dispatch(
+        self, entry: OutboxEntry, outbox: str, dispatch: int, explanation: str, *, clear_abort: bool
+    ) -> None:
+        """Enqueue one dispatch of the task, then record it and acknowledge the entry in one step."""
         tk = self.keys.task(entry.conversation_id, entry.task_id)
-        created = await enqueue_task(self.pool, self.keys, entry.conversation_id, entry.task_id, dispatch, explanation)
+        created = await enqueue_task(
+            self.pool, self.keys, entry.conversation_id, entry.task_id, dispatch, explanation, clear_abort=clear_abort
+        )
         jid = job_id(self.keys, entry.conversation_id, entry.task_id, dispatch)
-        await self._record(keys=[tk.run], args=[dispatch, jid])
+        await self._record(keys=[tk.run, outbox], args=[dispatch, jid, GROUP, entry.entry_id])
         self.stats["enqueued" if created else "duplicates"] += 1
         log.debug("dispatched", job=jid, created=created)
-        return created
 
-    async def _start(self, entry: OutboxEntry) -> None:
-        if not await self._task_open(entry):
+    async def _start(self, entry: OutboxEntry, outbox: str) -> None:
+        # the task's state and the job id's abort marker in one round trip
+        jid = job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.conversation(entry.conversation_id).tasks, entry.task_id)
+            abort_marker_of(pipe, jid)
+            raw, marker = await pipe.execute()
+        if raw is None or not decode_task(raw).is_open:
             self.stats["skipped_closed"] += 1
+            await self.pool.xack(outbox, GROUP, entry.entry_id)
             return
-        await self._dispatch(entry, entry.attempt, entry.text)
+        await self._dispatch(entry, outbox, entry.attempt, entry.text, clear_abort=marker is not None)
 
     async def _current_job(self, entry: OutboxEntry) -> str | None:
         raw: bytes | None = await self.pool.hget(self.keys.task(entry.conversation_id, entry.task_id).run, "job")  # type: ignore[misc]
         return raw.decode() if raw is not None else None
 
-    async def _update(self, entry: OutboxEntry) -> None:
+    async def _update(self, entry: OutboxEntry, outbox: str) -> None:
         tk = self.keys.task(entry.conversation_id, entry.task_id)
         # Look at the job *before* delivering: a running handler may read the update and finish at once,
         # and a job that finished that way must not count as "not running" (no spurious re-dispatch).
         jid = await self._current_job(entry)
         active = jid is not None and await job_state(self.pool, self.keys, jid) in ACTIVE_STATES
         fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
-        try:
-            await self.pool.xadd(tk.updates, fields, id=entry.entry_id)  # type: ignore[arg-type]
-            self.stats["updates"] += 1
-        except ResponseError as exc:
-            if "equal or smaller" not in str(exc):
-                raise
-            if await self.pool.xrange(tk.updates, entry.entry_id, entry.entry_id):
-                self.stats["duplicate_updates"] += 1  # delivered before a crash/redelivery
-            else:  # a later entry got there first (claimed out of order): deliver it anyway
-                await self.pool.xadd(tk.updates, fields)  # type: ignore[arg-type]
-                self.stats["updates"] += 1
+        flat = [str(v) for kv in fields.items() for v in kv]
+        # an active job reads the update (now, or when the queued job starts): delivered and done
+        outcome = await self._deliver(keys=[tk.updates, outbox], args=[entry.entry_id, GROUP, int(active), *flat])
+        self.stats[_DELIVERED_STAT[outcome.decode()]] += 1
         if active:
-            return  # the job reads it (now, or when the queued job starts)
+            return
         task = await self.ledger.task(entry.conversation_id, entry.task_id)
         if task is None or not task.is_open:
+            await self.pool.xack(outbox, GROUP, entry.entry_id)
             return
         run: int = await self.pool.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
         self.stats["redispatched"] += 1
         log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)
-        await self._dispatch(entry, run, task.summary)
+        await self._dispatch(entry, outbox, run, task.summary, clear_abort=True)
 
-    async def _cancel(self, entry: OutboxEntry) -> None:
+    async def _cancel(self, entry: OutboxEntry, outbox: str) -> None:
         jid = await self._current_job(entry) or job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
-        state = await abort(self.pool, self.keys, jid)
-        self.stats["aborted" if state in ACTIVE_STATES else "cancel_no_job"] += 1
-        # the task is closed: its update stream and run record expire with the job results
+        state = await job_state(self.pool, self.keys, jid)
+        active = state in ACTIVE_STATES
+        self.stats["aborted" if active else "cancel_no_job"] += 1
         tk = self.keys.task(entry.conversation_id, entry.task_id)
-        for key in (tk.updates, tk.run):
-            await self.pool.expire(key, max(1, int(self.keep_result_s)))
+        # one round trip: the abort marker (only for a job that will still run), the expiry of the closed
+        # task's update stream and run record (they go with the job results), and the acknowledgement last
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if active:
+                mark_aborted(pipe, jid)
+            for key in (tk.updates, tk.run):
+                pipe.expire(key, max(1, int(self.keep_result_s)))
+            pipe.xack(outbox, GROUP, entry.entry_id)
+            await pipe.execute()

@@ -1,4 +1,4 @@
-"""The arq side of dispatch: msgpack serializer (no pickle), the pool, job ids, enqueue, abort, state.
+"""The arq side of dispatch: msgpack serializer (no pickle), the pool, job ids, enqueue, abort markers, state.
 
 Every job of a task has the id ``<prefix>:<conversation>:<task>:<dispatch>``; ``dispatch`` is 1 for the
 ledger's start and grows with every re-dispatch, so an id is never reused for a different job. The
@@ -23,6 +23,7 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
 from arq.jobs import Job, JobStatus
 from redis.asyncio import ConnectionPool
+from redis.asyncio.client import Pipeline
 
 from ledger import Keys
 
@@ -91,28 +92,36 @@ async def enqueue_task(
     task_id: str,
     dispatch: int,
     explanation: str,
+    *,
+    clear_abort: bool = True,
 ) -> bool:
     """Enqueue ``run_task`` for one dispatch; True if this call created the job, False if it existed.
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
     starts (arq#485), so it is removed first. A marker added *after* the ZREM comes from a cancel of
-    this very job and is honoured.
+    this very job and is honoured. ``clear_abort=False`` skips the ZREM for a caller that has just seen
+    (in its own pipelined read, :func:`abort_marker_of`) that there is no marker: one round trip less.
     """
     jid = job_id(keys, conversation_id, task_id, dispatch)
-    await pool.zrem(abort_jobs_ss, jid)
+    if clear_abort:
+        await pool.zrem(abort_jobs_ss, jid)
     created = await pool.enqueue_job(
         RUN_TASK, conversation_id, task_id, dispatch, explanation, _job_id=jid, _queue_name=keys.queue
     )
     return created is not None
 
 
-async def abort(pool: ArqRedis, keys: Keys, jid: str) -> JobStatus:
-    """Ask the worker running (or about to run) ``jid`` to cancel it; returns the state seen.
+def abort_marker_of(pipe: Pipeline, jid: str) -> None:
+    """Queue the read of ``jid``'s abort marker (its score, or None) on ``pipe``."""
+    pipe.zscore(abort_jobs_ss, jid)
 
-    Only queued or running jobs get a marker: a marker for a finished job would never be removed.
-    Unlike ``Job.abort`` this does not wait for the result (the relay must not block on a worker).
+
+def mark_aborted(pipe: Pipeline, jid: str) -> None:
+    """Queue arq's abort marker for ``jid`` on ``pipe``: the worker running it (or about to start it)
+    cancels it at its next poll.
+
+    Only for queued or running jobs (see :data:`ACTIVE_STATES`): a marker for a finished job would
+    never be removed and would abort the next job that reuses the id. Unlike ``Job.abort`` this does
+    not wait for the result (the relay must not block on a worker).
     """
-    state = await job_state(pool, keys, jid)
-    if state in ACTIVE_STATES:
-        await pool.zadd(abort_jobs_ss, {jid: int(time.time() * 1000)})
-    return state
+    pipe.zadd(abort_jobs_ss, {jid: int(time.time() * 1000)})

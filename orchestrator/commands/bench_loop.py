@@ -60,9 +60,15 @@ def bench_loop_cmd(
         fail("--turns, --conversations, --rate and --seconds must be positive", 2)
     settings = load_settings(redis_url=redis_url)
     configure_logging("json", "warning")  # stderr; never mixed into the JSON on stdout
+    import gc
+
     from orchestrator.benchloop import LoopBenchConfig
+    from orchestrator.gc_policy import apply_gc_policy
 
     backend = _backend(settings, backend_name)
+    # the collector as `sraq orchestrator` runs it (after the model is loaded, so it is frozen)
+    thresholds = apply_gc_policy(settings)
+    frozen = gc.get_freeze_count()
     cfg = LoopBenchConfig(turns=turns, conversations=conversations, rate=rate, rate_seconds=rate_seconds)
     server: LocalRedis | None = None
     redis_note = settings.redis_url
@@ -80,6 +86,7 @@ def bench_loop_cmd(
         if server is not None:
             server.cleanup()
     result["redis"] = redis_note
+    result["gc"] = {"thresholds": list(thresholds), "frozen_objects": frozen}
     if as_json:
         print_json(result)
         return

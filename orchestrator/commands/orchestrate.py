@@ -12,12 +12,14 @@ from orchestrator.settings import Settings
 async def _serve(settings: Settings) -> int:
     # imported here: the backends pull in numpy/aiohttp, which other commands do not need
     from orchestrator.backends import BackendConfigError, build_backend
+    from orchestrator.gc_policy import apply_gc_policy
     from orchestrator.runtime import Orchestrator
 
     try:
         backend = build_backend(settings)
     except BackendConfigError as exc:
         fail(str(exc), 2)
+    apply_gc_policy(settings)  # after the model is loaded: it is frozen with the rest
     try:
         return await Orchestrator(settings, backend).run()
     finally:

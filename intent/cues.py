@@ -120,22 +120,28 @@ def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
 _ANY_WORD_LED = _any_word_led(tuple(_WORD_LED))
 
 
-def _rest_test(alternatives: Sequence[str]) -> Callable[[str], bool] | None:
+def _rest_test(alternatives: Sequence[str]) -> Callable[[str], object] | None:
     r"""A test of a group's other alternatives on lower-cased text, skipping positions they cannot match at.
+
+    The test returns something true (a match, True) when one matches, something false otherwise.
 
     * ``^...``: only position 0 can match (no MULTILINE), so try only there;
     * ``(?:^|\s)@...``: every match contains "@";
     * ``<marker>\s*$`` (markers of at most 3 characters): the marker ends where the trailing
-      whitespace starts, so search only from 3 characters before that.
+      whitespace starts, so search only from 3 characters before that;
+    * plain strings ("!!", an emoji): a substring test, no call into ``re``.
 
     Alternatives of one kind share one pattern (one call into ``re`` each).
     """
     kinds: dict[str, list[str]] = {}
     for alt in alternatives:
         kinds.setdefault(_kind(alt), []).append(alt)
-    tests = [_test(kind, re.compile("|".join(alts))) for kind, alts in kinds.items()]
+    tests = [_test(kind, alts) for kind, alts in kinds.items()]
     if len(tests) <= 1:
         return tests[0] if tests else None
+    if len(tests) == 2:  # (no generator per call)
+        first, second = tests
+        return lambda text: first(text) or second(text)
     return lambda text: any(test(text) for test in tests)
 
 
@@ -144,25 +150,28 @@ def _kind(alternative: str) -> str:
         return "start"
     if alternative.startswith(r"(?:^|\s)@"):
         return "at"
-    return "end" if alternative in _ENDINGS else "any"
+    if alternative in _ENDINGS:
+        return "end"
+    return "literal" if re.escape(alternative) == alternative else "any"
 
 
-def _test(kind: str, pattern: re.Pattern[str]) -> Callable[[str], bool]:
-    def test(text: str) -> bool:
-        if kind == "start":
-            return pattern.match(text) is not None
-        if kind == "at":
-            return "@" in text and pattern.search(text) is not None
-        if kind == "end":
-            return pattern.search(text, max(0, len(text.rstrip()) - 3)) is not None
-        return pattern.search(text) is not None
-
-    return test
+def _test(kind: str, alternatives: list[str]) -> Callable[[str], object]:
+    # one function per kind, made once: no dispatch on the kind per call
+    pattern = re.compile("|".join(alternatives))
+    if kind == "start":
+        return pattern.match
+    if kind == "at":
+        return lambda text: "@" in text and pattern.search(text) is not None
+    if kind == "end":
+        return lambda text: pattern.search(text, max(0, len(text.rstrip()) - 3)) is not None
+    if kind == "literal":  # (re.escape leaves them unchanged: the pattern matches exactly these strings)
+        return lambda text: any(map(text.__contains__, alternatives))
+    return pattern.search
 
 
 _ENDINGS = frozenset(_SOURCES["dangling"][1:])
 #: Each group's other alternatives (all but a leading word-led one) as a test of lower-cased text.
-_REST: dict[str, Callable[[str], bool] | None] = {
+_REST: dict[str, Callable[[str], object] | None] = {
     name: _rest_test(alts[1:] if name in _WORD_LED else alts) for name, alts in _SOURCES.items()
 }
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -185,9 +194,22 @@ def compile_all() -> None:
     process decides on pay a few milliseconds of compilation each: measured as a cold-pass decide
     p99 of 3.8 ms instead of under 2 ms in ``sraq intent eval``. Called when a model is loaded.
     """
-    names = tuple(_WORD_LED)
-    for mask in range(1, 1 << len(names)):
-        _any_word_led(tuple(name for i, name in enumerate(names) if mask >> i & 1))
+    for mask in range(1, 1 << len(_LED_NAMES)):
+        _led_pattern(mask)
+
+
+#: The word-led groups, and each one's bit in a set of them held as an int (bit i: _LED_NAMES[i]).
+_LED_NAMES = tuple(_WORD_LED)
+_LED_BIT = {name: 1 << i for i, name in enumerate(_LED_NAMES)}
+#: _any_word_led of each set, by its bits (filled by compile_all): a list index, where a tuple of
+#: names would be built and hashed per search.
+_LED_BY_MASK: list[re.Pattern[str] | None] = [None] * (1 << len(_LED_NAMES))
+
+
+def _led_pattern(mask: int) -> re.Pattern[str]:
+    """_any_word_led of the groups whose bits are set in ``mask`` (remembered by mask)."""
+    pattern = _LED_BY_MASK[mask] = _any_word_led(tuple(n for i, n in enumerate(_LED_NAMES) if mask >> i & 1))
+    return pattern
 
 
 def _word_led_hits(lowered: str) -> set[str]:
@@ -200,17 +222,17 @@ def _word_led_hits(lowered: str) -> set[str]:
     """
     padded = " " + lowered
     hits: set[str] = set()
-    remaining = tuple(_WORD_LED)
+    remaining = len(_LED_BY_MASK) - 1  # every group, as bits
     pos = 0
     while remaining:
-        m = _any_word_led(remaining).search(padded, pos)
+        m = (_LED_BY_MASK[remaining] or _led_pattern(remaining)).search(padded, pos)
         if m is None:
             break
         first = m.lastgroup
         assert first is not None
         hits.add(first)
         pos = m.start()
-        remaining = tuple(name for name in remaining if name != first)
+        remaining ^= _LED_BIT[first]
     return hits
 
 
@@ -220,8 +242,5 @@ def cue_flags(text: str, names: Sequence[str] = CUE_NAMES) -> list[float]:
         return [1.0 if CUES[name].search(text) else 0.0 for name in names]
     lowered = text.lower()
     hits = _word_led_hits(lowered)
-    flags: list[float] = []
-    for name in names:
-        rest = _REST[name]
-        flags.append(1.0 if name in hits or (rest is not None and rest(lowered)) else 0.0)
-    return flags
+    rests = _REST
+    return [1.0 if name in hits or ((rest := rests[name]) is not None and rest(lowered)) else 0.0 for name in names]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from itertools import chain, pairwise
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from intent.text import ngrams_of, scan_tokens, tokens, tool_event
 from intent.turn_features import Turn
 
 WORD_CACHE = 65_536
+#: The tag context_terms gives a message of another role.
+_OTHER_TAG = "x:"
 MESSAGE_CACHE = 4096
 
 
@@ -40,11 +43,15 @@ class TermIndex:
 
     def __init__(self, msg_vocab: TfidfVocab, ctx_vocab: TfidfVocab) -> None:
         self._msg = msg_vocab.index
-        # character n-grams keyed without their "c:" prefix: no string concatenation per n-gram
-        self._char = {t[2:]: i for t, i in msg_vocab.index.items() if t.startswith("c:")}
+        # Terms keyed without their prefix ("c:", "w:", a role tag): looking up a token or a word pair
+        # needs no string concatenation per term. Within one prefix the keys stand for the same terms.
+        self._char = _unprefixed(msg_vocab.index, "c:")
+        self._word = _unprefixed(msg_vocab.index, "w:")
         offset = self._ctx_offset = len(msg_vocab)
         self._ctx = {t: i + offset for t, i in ctx_vocab.index.items()}
+        self._ctx_by_tag = {tag: _unprefixed(self._ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
         self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
+        self._end = self._idf.size  # a row past every row (the encoding's end sentinel)
         self._word_chars: Callable[[str], tuple[int, ...]] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
         self._context_rows: Callable[[str, str], tuple[int, ...]] = lru_cache(maxsize=MESSAGE_CACHE)(
             self._message_context_rows
@@ -57,23 +64,24 @@ class TermIndex:
         (context rows are offset); each block is normalised on its own.
         """
         last = Turn(transcript[-1]) if turn is None else turn
-        rows = np.array(self.message_rows(last) + self.context_rows(transcript), dtype=np.int64)
-        n = rows.size
+        listed = self.message_rows(last) + self.context_rows(transcript)
+        n = len(listed)
         if n == 0:
-            return rows, np.zeros(0, dtype=np.float64)
-        # one sort finds the repeated terms and leaves the message block (lower rows) first
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        # One sort finds the repeated terms and leaves the message block (lower rows) first. Two
+        # sentinels, -1 (sorts first) and self._end (past every row, sorts last), make "starts a run
+        # of equal rows" one comparison of two views, and every run's length a difference of starts:
+        # at ~100 rows, numpy's per-call overhead is the cost, so fewer calls is less time.
+        listed += (-1, self._end)
+        rows = np.array(listed, dtype=np.int64)
         rows.sort()
-        first = np.empty(n, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(rows[1:], rows[:-1], out=first[1:])
-        unique = rows[first]
+        tail = rows[1:]
+        first = tail != rows[:-1]  # n + 1 flags: the rows, then the end sentinel (always a start)
+        unique = tail[first][:-1]
         vals = self._idf.take(unique)
         if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
-            starts = first.nonzero()[0]
-            counts = np.empty(unique.size, dtype=np.float64)
-            np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-            counts[-1] = n - starts[-1]
-            vals *= 1.0 + np.log(counts)
+            starts = first.nonzero()[0]  # the last one is n, where the end sentinel is
+            vals *= 1.0 + np.log(np.subtract(starts[1:], starts[:-1], dtype=np.float64))
         split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:
@@ -89,9 +97,12 @@ class TermIndex:
             body = text.split("]", 1)[-1] if event is not None else text
             terms = [f"tool_event={event[1] if event else 'none'}", *ngrams_of(scan_tokens(body), prefix="tw:")]
             return [i for i in map(get, terms) if i is not None]
-        rows = [i for i in map(get, ngrams_of(turn.toks)) if i is not None]
-        for word_rows in map(self._word_chars, turn.head_toks):
-            rows += word_rows
+        # ngrams_of(turn.toks) ("w:" unigrams, then "w:a b" pairs with <s>/</s> markers), unprefixed
+        word = self._word.get
+        toks = turn.toks
+        rows = [i for i in map(word, toks) if i is not None]
+        rows += [i for i in map(word, map(" ".join, pairwise(("<s>", *toks, "</s>")))) if i is not None]
+        rows += chain.from_iterable(map(self._word_chars, turn.head_toks))  # (a C loop over cached tuples)
         return rows
 
     def context_rows(self, transcript: Sequence[ChatMessage]) -> list[int]:
@@ -110,9 +121,16 @@ class TermIndex:
         return tuple(i for i in map(get, grams) if i is not None)
 
     def _message_context_rows(self, role: str, content: str) -> tuple[int, ...]:
-        tag = ROLE_TAG.get(role, "x:")
+        # context_terms' terms of one message, looked up without their role tag
+        get = self._ctx_by_tag[ROLE_TAG.get(role, _OTHER_TAG)].get
         event = tool_event(content) if role == "tool" else None
-        terms = [f"{tag}event={event[1]}"] if event is not None else []
-        terms += [tag + t for t in tokens(content)]
-        get = self._ctx.get
-        return tuple(i for i in map(get, terms) if i is not None)
+        rows = [i for i in map(get, tokens(content)) if i is not None]
+        if event is not None and (i := get(f"event={event[1]}")) is not None:
+            rows.append(i)
+        return tuple(rows)
+
+
+def _unprefixed(index: dict[str, int], prefix: str) -> dict[str, int]:
+    """The entries of ``index`` whose term starts with ``prefix``, keyed by the rest of the term."""
+    cut = len(prefix)
+    return {t[cut:]: i for t, i in index.items() if t.startswith(prefix)}

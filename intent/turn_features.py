@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import islice
+from operator import itemgetter
 
 import numpy as np
 
@@ -59,7 +60,10 @@ _EVENTS = (*TOOL_EVENTS, "other")
 _PREV_ROLES = ("none", *ROLES)
 _ONE_HOT_ROLE = {r: [float(r == other) for other in ROLES] for r in ROLES}
 _ONE_HOT_PREV_ROLE = {r: [float(r == other) for other in _PREV_ROLES] for r in _PREV_ROLES}
-_PREV_CUE_AT = tuple(CUE_NAMES.index(c) for c in PREV_USER_CUES)
+_ONE_HOT_EVENT = {e: [float(e == other) for other in _EVENTS] for e in _EVENTS}
+_NO_EVENT = [0.0] * len(_EVENTS)
+#: The PREV_USER_CUES flags out of all cue flags, as a tuple (an itemgetter of several indices).
+_PREV_CUES_OF = itemgetter(*(CUE_NAMES.index(c) for c in PREV_USER_CUES))
 _NO_CUES = [0.0] * len(CUE_NAMES)
 
 
@@ -121,14 +125,14 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     f: list[float] = [float(n_tasks == 0), float(n_tasks == 1), float(n_tasks == 2), float(n_tasks >= 3)]
     f += _ONE_HOT_ROLE.get(role) or [0.0] * len(ROLES)
     event = tool_event(text) if role == "tool" else None
-    f += [float(event is not None and event[1] == e) for e in _EVENTS]
+    f += _NO_EVENT if event is None else _ONE_HOT_EVENT[event[1]]  # (tool_event gives one of _EVENTS)
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
     f += _ONE_HOT_PREV_ROLE.get(prev_role) or [0.0] * len(_PREV_ROLES)
     msg_stems = turn.stems
     views = [task_view(t.summary, t.last_update) for t in tasks]
     # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
     n_stems = len(msg_stems)
-    overlaps = sorted((len(msg_stems & v[0]) / n_stems for v in views), reverse=True) if n_stems else [0.0] * n_tasks
+    overlaps = sorted([len(msg_stems & v[0]) / n_stems for v in views], reverse=True) if n_stems else [0.0] * n_tasks
     open_ids = {t.id.lower() for t in tasks}
     best_tri = 0.0
     if tasks:  # (the message's trigrams are made only when there is a task to compare them with)
@@ -145,7 +149,7 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         best_tri,
         float(bool(mentioned_ids(text) & open_ids)),
         float(event is not None and event[0] in open_ids),
-        float(any(m.role == "assistant" for m in transcript[-3:-1])),
+        float("assistant" in [m.role for m in transcript[-3:-1]]),
         math.log1p(n_stems) / 2.0,
         sum(map(FILLERS.__contains__, toks)) / max(1, len(toks)),
     ]
@@ -154,11 +158,15 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         cues = cue_flags(text)
         f += cues
         # remembered for the next turns, where this message is the previous user message
-        _USER_CUES.put(text, tuple(cues[i] for i in _PREV_CUE_AT))
+        _USER_CUES.put(text, _PREV_CUES_OF(cues))
     else:
         f += _NO_CUES
     # a tool callback is decided on after the user's last words: their cues still matter
-    prev_user = next((m.content for m in islice(reversed(transcript), 1, None) if m.role == "user"), "")
+    prev_user = ""
+    for m in islice(reversed(transcript), 1, None):
+        if m.role == "user":
+            prev_user = m.content
+            break
     f += _prev_user_cues(prev_user)
     return f
 
@@ -193,9 +201,10 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
             (kept if KEEP_CUE.search(clause) else focus).append(stems)
     in_msg = mentioned_ids(last)
     in_transcript = in_msg
-    earlier = transcript[:-1]
-    if may_name_task(" ".join(m.content for m in earlier).lower()):
-        in_transcript = in_msg.union(*(_earlier_ids(m.content) for m in earlier))
+    earlier = [m.content for m in transcript[:-1]]
+    if may_name_task(" ".join(earlier).lower()):
+        # map() over the cached function: a C loop (a generator here cost more than the lookups)
+        in_transcript = in_msg.union(*map(_earlier_ids, earlier))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -254,8 +263,8 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
     Joining with spaces keeps every message's tokens unless a task id forms across a join, or a
     dangling "-" (a token only at the very end of a text) is followed by the next message.
     """
-    ctx = " ".join(m.content for m in context)
     contents = [m.content for m in context]
+    ctx = " ".join(contents)
     if may_name_task(ctx.lower()) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
     stems = frozenset().union(*map(content_stems, contents))

@@ -117,9 +117,6 @@ def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(r"\W(?=" + "|".join(f"(?P<{name}>{_WORD_LED[name]})" for name in names) + ")")
 
 
-_ANY_WORD_LED = _any_word_led(tuple(_WORD_LED))
-
-
 def _rest_test(alternatives: Sequence[str]) -> Callable[[str], object] | None:
     r"""A test of a group's other alternatives on lower-cased text, skipping positions they cannot match at.
 

@@ -8,7 +8,9 @@ of coming in large bursts, and a slow write does not lower the offered rate. Eac
 stamped just before its write: the start of the overhead measurement.
 
 Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
-object ``{"published": int, "seconds": float, "offered_turns_per_s": float}`` on stdout.
+object ``{"published": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
+"largest_write": int}`` on stdout (``late_turns``: turns written together with an earlier one because
+this process fell behind its schedule, e.g. while it had no CPU).
 """
 
 from __future__ import annotations
@@ -39,19 +41,30 @@ async def publish_paced(
     try:
         started = time.perf_counter()
         sent = 0
+        late = 0  # turns written together with an earlier one: this process fell behind its schedule
+        largest = 0
         while sent < n:
             due = min(n, int((time.perf_counter() - started) * rate) + 1)
             if due > sent:
                 # make_turn stamps ts now: the overhead of a turn is counted from here
                 batch = [make_turn(f"bench-{i % conversations}", texts[i], turn_id=f"r-{i}") for i in range(sent, due)]
                 await publisher.publish_many(batch)
+                late += len(batch) - 1
+                largest = max(largest, len(batch))
                 sent = due
             else:
                 await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
         elapsed = time.perf_counter() - started
     finally:
         await redis.aclose()
-    return {"published": n, "seconds": round(elapsed, 3), "offered_turns_per_s": round(n / elapsed, 1)}
+    return {
+        "published": n,
+        "seconds": round(elapsed, 3),
+        "offered_turns_per_s": round(n / elapsed, 1),
+        # how evenly the turns went out: a client starved of CPU sends what fell due meanwhile at once
+        "late_turns": late,
+        "largest_write": largest,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

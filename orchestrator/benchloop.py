@@ -147,7 +147,8 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
         out, _ = await client.communicate()
         if client.returncode != 0:
             raise RuntimeError(f"bench publisher exited with {client.returncode}")
-        offered = float(json.loads(out.decode().strip().splitlines()[-1])["offered_turns_per_s"])
+        client_report = json.loads(out.decode().strip().splitlines()[-1])
+        offered = float(client_report["offered_turns_per_s"])
         await asyncio.wait_for(done.wait(), timeout=60)
     finally:
         await orch.stop()
@@ -159,6 +160,8 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     return {
         "turns": n,
         "offered_turns_per_s": round(offered, 1),
+        "client_late_turns": int(client_report["late_turns"]),
+        "client_largest_write": int(client_report["largest_write"]),
         "overhead_ms": {"p50": round(percentile(overhead, 50), 3), "p99": round(percentile(overhead, 99), 3)},
         # publish to commit, the decision included: what a client waits for
         "end_to_end_ms": {"p50": round(percentile(e2e, 50), 3), "p99": round(percentile(e2e, 99), 3)},

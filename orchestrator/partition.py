@@ -110,6 +110,9 @@ class PartitionWorker:
         on_failure: Callable[[PartitionWorker, BaseException], None],
     ) -> None:
         self.redis = redis
+        #: the read loop's own connection (same pool, held while the loop runs): its commands skip the
+        #: pool's per-command checkout (a lock and a health check, ~14 µs of CPU each). Lanes use ``redis``.
+        self.reader = redis.client()
         self.lease = lease
         self.partition = lease.partition
         self.pk = keys.partition(lease.partition)
@@ -230,11 +233,16 @@ class PartitionWorker:
         except BaseException as exc:
             self.log.error("reader_failed", error=repr(exc), exc_info=exc)
             self._on_failure(self, exc)
+        finally:
+            # back to the pool (a command cancelled mid-reply has already dropped the connection)
+            await self.reader.aclose()
 
     async def _fenced(self, mode: str, count: int, start: str = "0-0") -> Any:
         """XREADGROUP ``>`` or XAUTOCLAIM, only while our lease holds (raises LeaseLost otherwise)."""
         reply = await self._read_script(
-            keys=[self.pk.lease, self.pk.turns], args=[self.lease.token, GROUP, self.consumer, count, mode, start]
+            keys=[self.pk.lease, self.pk.turns],
+            args=[self.lease.token, GROUP, self.consumer, count, mode, start],
+            client=self.reader,
         )
         if _text(reply[0]) == "lease":
             raise LeaseLost(self.partition)
@@ -242,7 +250,7 @@ class PartitionWorker:
 
     async def _last_delivered(self) -> str:
         """The group's last-delivered id (read once; afterwards our own reads tell us)."""
-        groups = await self.redis.xinfo_groups(self.pk.turns)
+        groups = await self.reader.xinfo_groups(self.pk.turns)
         last = next((g.get("last-delivered-id") for g in groups if _text(g.get("name", b"")) == GROUP), None)
         return _text(last) if last else "0-0"
 
@@ -255,12 +263,12 @@ class PartitionWorker:
         handoff`` before). The id is tracked from our own fenced reads (the only ones that move it),
         so waiting costs no ``XINFO`` round trip per idle cycle.
         """
-        await self.redis.xread({self.pk.turns: after}, count=1, block=self.read_block_ms)
+        await self.reader.xread({self.pk.turns: after}, count=1, block=self.read_block_ms)
 
     async def _ensure_group(self) -> None:
         for attempt in range(1, 1_000_000):
             try:
-                await self.redis.xgroup_create(self.pk.turns, GROUP, id="0", mkstream=True)
+                await self.reader.xgroup_create(self.pk.turns, GROUP, id="0", mkstream=True)
                 return
             except ResponseError as exc:
                 if "BUSYGROUP" in str(exc):
@@ -305,7 +313,7 @@ class PartitionWorker:
     async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
         if not ids:
             return {}
-        rows = await self.redis.xpending_range(
+        rows = await self.reader.xpending_range(
             self.pk.turns, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 16, consumername=self.consumer
         )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}

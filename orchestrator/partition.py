@@ -8,7 +8,10 @@ Life of a partition owned by this instance:
    count comes from ``XPENDING``; past ``max_deliveries`` it goes to the dead-letter stream. Entries
    trimmed from the stream while pending (Redis 7 returns their ids apart; 6.2 returns them with no
    fields) are recorded as dead letters, never dropped silently.
-2. Then ``XREADGROUP >`` in batches with ``BLOCK``, never reading more than the free in-flight slots.
+2. Then ``XREADGROUP >`` in batches (a fenced script), never reading more than the free in-flight
+   slots; when a read comes back short, a plain blocking ``XREAD`` past the group's last-delivered id
+   waits for the next entry. These reads go over one connection the loop holds (no pool checkout
+   per command); the lanes' commits and dead letters use the shared pool.
 3. Malformed entries (anything :func:`ledger.turns.decode_entry` refuses) are dead-lettered and
    acknowledged in one fenced Lua step; the loop keeps going.
 

@@ -18,6 +18,11 @@ dies between the ledger commit and the enqueue leaves the entry unread or pendin
 the same consumer after a restart, or any consumer after ``claim_idle_ms`` via XAUTOCLAIM) processes
 it again, and the deterministic job id makes the second enqueue a no-op. Runs in ``sraq dispatcher``
 or inside the orchestrator process for the partitions it owns (:meth:`Dispatcher.set_partitions`).
+
+Cost: the relay's CPU is mostly Redis round trips (tens of microseconds of client CPU each), so each
+kind uses as few as its ordering allows: the acknowledgement rides in the entry's last write (a script
+or a pipeline), reads that do not depend on each other share a pipeline, and each partition loop
+holds one connection for its own commands (see ``docs/workers.md``, "Round trips per entry").
 """
 
 from __future__ import annotations

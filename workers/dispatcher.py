@@ -39,7 +39,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ledger import Keys, decode_task
+from ledger import Keys, Ledger, decode_task
 from ledger.models import OutboxEntry, OutboxKind
 from workers.context import update_fields
 from workers.queue import ACTIVE_STATES, abort_marker_of, enqueue_task, job_id, job_state, mark_aborted
@@ -105,6 +105,8 @@ class _Outbox:
     partition: int
     stream: str
     conn: Redis
+    #: the ledger's reads over that connection
+    ledger: Ledger
 
 
 def parse_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> OutboxEntry:
@@ -217,11 +219,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ loop
 
     async def _run(self, p: int, stopping: asyncio.Event) -> None:
-        ob = _Outbox(
-            p,
-            self.keys.partition(p).outbox,
-            Redis(connection_pool=self.pool.connection_pool, single_connection_client=True),
-        )
+        held = Redis(connection_pool=self.pool.connection_pool, single_connection_client=True)
+        ob = _Outbox(p, self.keys.partition(p).outbox, held, Ledger(held, self.keys))
         try:
             await self._relay(ob, stopping)
         finally:
@@ -357,8 +356,7 @@ class Dispatcher:
         self.stats[_DELIVERED_STAT[outcome.decode()]] += 1
         if active:
             return
-        raw: bytes | None = await ob.conn.hget(self.keys.conversation(entry.conversation_id).tasks, entry.task_id)  # type: ignore[misc]
-        task = decode_task(raw) if raw is not None else None
+        task = await ob.ledger.task(entry.conversation_id, entry.task_id)
         if task is None or not task.is_open:
             await ob.conn.xack(ob.stream, GROUP, entry.entry_id)
             return

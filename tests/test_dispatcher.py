@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import JobStatus
 from redis.asyncio import Redis
 
 from ledger import CancelOp, Keys, Ledger, StartOp, UpdateOp
 from tests.workers_support import wait_until
 from workers.dispatcher import GROUP, Dispatcher
-from workers.queue import create_pool, deserialize, enqueue_task, job_id
+from workers.queue import ACTIVE_STATES, create_pool, deserialize, enqueue_task, job_id, job_state
 
 
 @pytest.fixture
@@ -173,6 +175,113 @@ async def test_cancel_marks_the_queued_job_and_expires_its_records(
         await d.stop()
     jid = job_id(keys, "c1", "task-1", 1)
     assert d.stats["aborted"] == 1 and await redis.zscore(abort_jobs_ss, jid) is not None
+    assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
+
+
+async def _put_job_in(redis: Redis, keys: Keys, jid: str, setup: str) -> None:
+    """Make arq's records of a queued job look like another state (what a worker would leave behind)."""
+    match setup:
+        case "complete":  # the result is there; the in-progress key and the score too: result wins in arq
+            await redis.set(result_key_prefix + jid, b"x", ex=60)
+            await redis.set(in_progress_key_prefix + jid, b"1", ex=60)
+        case "in_progress":  # running, and out of the queue: only the in-progress key says it is alive
+            await redis.zrem(keys.queue, jid)
+            await redis.set(in_progress_key_prefix + jid, b"1", ex=60)
+        case "deferred":  # a score in the future
+            await redis.zadd(keys.queue, {jid: (time.time() + 3600) * 1000})
+        case "zero_score":  # arq tests the score for truthiness: 0 reads as not found
+            await redis.zadd(keys.queue, {jid: 0})
+
+
+#: (setup, arq's own verdict): the relay must agree with ``Job.status() in ACTIVE_STATES`` in each
+JOB_SETUPS = [
+    ("complete", JobStatus.complete),
+    ("in_progress", JobStatus.in_progress),
+    ("deferred", JobStatus.deferred),
+    ("zero_score", JobStatus.not_found),
+]
+
+
+@pytest.mark.parametrize(("setup", "status"), JOB_SETUPS)
+async def test_update_follows_arqs_job_status(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus
+) -> None:
+    """Active job: the update is delivered and acknowledged. Otherwise: delivered, and the task re-dispatched."""
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    jid = job_id(keys, "c1", "task-1", 1)
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+        await _put_job_in(redis, keys, jid, setup)
+        assert await job_state(pool, keys, jid) is status
+        await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "aisle seat")])
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    updates = await redis.xrange(keys.task("c1", "task-1").updates)
+    assert [f[b"text"] for _id, f in updates] == [b"aisle seat"] and d.stats["updates"] == 1
+    current = (await redis.hget(keys.task("c1", "task-1").run, "job")).decode()
+    if status in ACTIVE_STATES:
+        assert d.stats["redispatched"] == 0 and current == jid
+    else:
+        assert d.stats["redispatched"] == 1 and current == job_id(keys, "c1", "task-1", 2)
+        assert job_id(keys, "c1", "task-1", 2) in await queued(redis, keys)
+
+
+async def test_update_to_a_finished_job_stays_pending_until_redispatched(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """The update is delivered but not acknowledged while the re-dispatch has not happened (here it
+    fails: the dispatch counter is not a number), so a relay crash at that point cannot lose it."""
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    tk = keys.task("c1", "task-1")
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+        await _put_job_in(redis, keys, job_id(keys, "c1", "task-1", 1), "complete")
+        await redis.hset(tk.run, "dispatch", "not a number")  # HINCRBY fails: the relay retries
+        await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "aisle seat")])
+        await wait_until(lambda: _errors(d, 2))
+        assert (await redis.xpending(outbox, GROUP))["pending"] == 1
+        assert len(await redis.xrange(tk.updates)) == 1  # delivered (the next job reads it), once
+        await redis.hset(tk.run, "dispatch", 1)
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    assert d.stats["redispatched"] == 1 and d.stats["duplicate_updates"] >= 1
+    assert await redis.hget(tk.run, "job") == job_id(keys, "c1", "task-1", 2).encode()
+    assert len(await redis.xrange(tk.updates)) == 1
+
+
+async def _errors(d: Dispatcher, n: int) -> bool:
+    return d.stats["redis_errors"] >= n
+
+
+@pytest.mark.parametrize(("setup", "status"), JOB_SETUPS)
+async def test_cancel_follows_arqs_job_status(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus
+) -> None:
+    """Only a job that will still run gets an abort marker (a stale one would abort the id's next job)."""
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    jid = job_id(keys, "c1", "task-1", 1)
+    d = relay(pool, keys)
+    await d.start()
+    try:
+        await wait_until(lambda: settled(redis, keys, "c1"))
+        await _put_job_in(redis, keys, jid, setup)
+        assert await job_state(pool, keys, jid) is status
+        await ledger.apply("c1", 1, "u2", [CancelOp("task-1", "changed my mind")])
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    marker = await redis.zscore(abort_jobs_ss, jid)
+    if status in ACTIVE_STATES:
+        assert d.stats["aborted"] == 1 and marker is not None and abs(marker / 1000 - time.time()) < 60
+    else:
+        assert d.stats["cancel_no_job"] == 1 and marker is None
     assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
 
 

@@ -36,13 +36,14 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ledger import Keys, Ledger, decode_task
 from ledger.models import OutboxEntry, OutboxKind
 from workers.context import update_fields
-from workers.queue import ACTIVE_STATES, abort_marker_of, enqueue_task, job_id, job_state, mark_aborted
+from workers.queue import JOB_ACTIVE_LUA, abort_marker_of, abort_score, enqueue_task, job_id, job_key_prefixes
 
 log = structlog.get_logger("sraq.workers.dispatcher")
 
@@ -60,32 +61,73 @@ end
 redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
 return moved
 """
-#: Deliver an update to the task's update stream under the outbox entry's id (a redelivered entry is
-#: not delivered twice), then acknowledge the entry when ARGV[3] is "1".
-#: KEYS: task update stream, outbox. ARGV: entry id, group, ack flag, field, value, ...
-#: Returns "delivered", "duplicate" (this id is there already) or "late" (a later entry got there
-#: first, e.g. claimed out of order: delivered under a new id).
-_DELIVER_LUA = """
+#: Why the next two scripts build keys from ARGV: they decide on the task's *current* job, whose id
+#: lives in Redis (the run hash's ``job`` field), and reading it first would cost a round trip of its
+#: own. So the script reads the id and appends it to arq's key prefixes (passed in, from
+#: ``arq.constants``). Fine on the standalone Redis arq needs anyway (its keys are global, its enqueue
+#: transaction spans the job key and the queue); every other key is in KEYS.
+#:
+#: An update in one step: look at the current job in the same atomic step as the delivery (a running
+#: handler that read the update and finished at once must not make its job look "not running": no
+#: spurious re-dispatch), deliver the update to the task's update stream under the outbox entry's id
+#: (a redelivered entry is not delivered twice), and acknowledge the entry only if the job is active:
+#: a queued job reads the update when it starts, a running one now. Otherwise the entry stays pending
+#: for the re-dispatch that follows in Python (the new job reads the delivered update from the stream).
+#: KEYS: task run hash, task update stream, outbox, arq queue.
+#: ARGV: entry id, group, result key prefix, in-progress key prefix, field, value, ...
+#: Returns {job id ("" when the task has none), 1 if active else 0, outcome}; the outcome is
+#: "delivered", "duplicate" (this id is there already) or "late" (a later entry got there first, e.g.
+#: claimed out of order: delivered under a new id).
+_UPDATE_LUA = (
+    JOB_ACTIVE_LUA
+    + """
+local jid = redis.call('HGET', KEYS[1], 'job')
+local active = jid and job_active(jid, KEYS[4], ARGV[3], ARGV[4])
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local outcome = 'delivered'
-local added = redis.pcall('XADD', KEYS[1], ARGV[1], unpack(fields))
+local added = redis.pcall('XADD', KEYS[2], ARGV[1], unpack(fields))
 if type(added) == 'table' and added.err then
   if not string.find(added.err, 'equal or smaller', 1, true) then
     return redis.error_reply(added.err)
   end
-  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then
+  if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) > 0 then
     outcome = 'duplicate'
   else
-    redis.call('XADD', KEYS[1], '*', unpack(fields))
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
     outcome = 'late'
   end
 end
-if ARGV[3] == '1' then
-  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+if active then
+  redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
 end
-return outcome
+return {jid or '', active and 1 or 0, outcome}
 """
+)
+#: A cancel in one step: the task's current job (else ARGV[1], the job of the entry's attempt: a cancel
+#: that overtook its start), arq's abort marker for it only if it is active (a marker for a finished
+#: job would never be removed and would abort the next job with that id, arq#485), the expiry of the
+#: closed task's update stream and run record (they go with the job results), and the acknowledgement.
+#: KEYS: task run hash, task update stream, outbox, arq queue, arq abort set.
+#: ARGV: fallback job id, group, entry id, result key prefix, in-progress key prefix, marker score
+#: (the client's time in ms, as ``Job.abort`` scores it), expiry in seconds.
+#: Returns 1 if the job was active (marked), else 0.
+_CANCEL_LUA = (
+    JOB_ACTIVE_LUA
+    + """
+local jid = redis.call('HGET', KEYS[1], 'job')
+if not jid or jid == '' then jid = ARGV[1] end
+local active = job_active(jid, KEYS[4], ARGV[4], ARGV[5])
+if active then
+  redis.call('ZADD', KEYS[5], ARGV[6], jid)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
+if active then return 1 end
+return 0
+"""
+)
 _DELIVERED_STAT = {"delivered": "updates", "late": "updates", "duplicate": "duplicate_updates"}
 
 
@@ -154,7 +196,8 @@ class Dispatcher:
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._record = pool.register_script(_RECORD_LUA)
-        self._deliver = pool.register_script(_DELIVER_LUA)
+        self._update_script = pool.register_script(_UPDATE_LUA)
+        self._cancel_script = pool.register_script(_CANCEL_LUA)
         self._started = False
         #: set when a relay loop died of an unexpected error (``error`` says which); hosts should stop
         self.failed = asyncio.Event()
@@ -337,25 +380,20 @@ class Dispatcher:
             return
         await self._dispatch(entry, ob, entry.attempt, entry.text, clear_abort=marker is not None)
 
-    async def _current_job(self, entry: OutboxEntry, ob: _Outbox) -> str | None:
-        raw: bytes | None = await ob.conn.hget(self.keys.task(entry.conversation_id, entry.task_id).run, "job")  # type: ignore[misc]
-        return raw.decode() if raw is not None else None
-
     async def _update(self, entry: OutboxEntry, ob: _Outbox) -> None:
         tk = self.keys.task(entry.conversation_id, entry.task_id)
-        # Look at the job *before* delivering: a running handler may read the update and finish at once,
-        # and a job that finished that way must not count as "not running" (no spurious re-dispatch).
-        jid = await self._current_job(entry, ob)
-        active = jid is not None and await job_state(self.pool, self.keys, jid) in ACTIVE_STATES
         fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
         flat = [str(v) for kv in fields.items() for v in kv]
-        # an active job reads the update (now, or when the queued job starts): delivered and done
-        outcome = await self._deliver(
-            keys=[tk.updates, ob.stream], args=[entry.entry_id, GROUP, int(active), *flat], client=ob.conn
+        # one round trip: the job's state, the delivery, and (for an active job) the acknowledgement
+        raw_jid, active, outcome = await self._update_script(
+            keys=[tk.run, tk.updates, ob.stream, self.keys.queue],
+            args=[entry.entry_id, GROUP, *job_key_prefixes(), *flat],
+            client=ob.conn,
         )
         self.stats[_DELIVERED_STAT[outcome.decode()]] += 1
         if active:
             return
+        jid = raw_jid.decode() or None
         task = await ob.ledger.task(entry.conversation_id, entry.task_id)
         if task is None or not task.is_open:
             await ob.conn.xack(ob.stream, GROUP, entry.entry_id)
@@ -366,19 +404,13 @@ class Dispatcher:
         await self._dispatch(entry, ob, run, task.summary, clear_abort=True)
 
     async def _cancel(self, entry: OutboxEntry, ob: _Outbox) -> None:
-        jid = await self._current_job(entry, ob) or job_id(
-            self.keys, entry.conversation_id, entry.task_id, entry.attempt
-        )
-        state = await job_state(self.pool, self.keys, jid)
-        active = state in ACTIVE_STATES
-        self.stats["aborted" if active else "cancel_no_job"] += 1
         tk = self.keys.task(entry.conversation_id, entry.task_id)
-        # one round trip: the abort marker (only for a job that will still run), the expiry of the closed
-        # task's update stream and run record (they go with the job results), and the acknowledgement last
-        async with self.pool.pipeline(transaction=False) as pipe:
-            if active:
-                mark_aborted(pipe, jid)
-            for key in (tk.updates, tk.run):
-                pipe.expire(key, max(1, int(self.keep_result_s)))
-            pipe.xack(ob.stream, GROUP, entry.entry_id)
-            await pipe.execute()
+        fallback = job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
+        # one round trip: the job's state, the marker (only for a job that will still run), the expiries
+        # and the acknowledgement
+        active = await self._cancel_script(
+            keys=[tk.run, tk.updates, ob.stream, self.keys.queue, abort_jobs_ss],
+            args=[fallback, GROUP, entry.entry_id, *job_key_prefixes(), abort_score(), max(1, int(self.keep_result_s))],
+            client=ob.conn,
+        )
+        self.stats["aborted" if active else "cancel_no_job"] += 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
 from redis.asyncio import ConnectionPool
 from redis.asyncio.client import Pipeline
@@ -31,6 +31,22 @@ from ledger import Keys
 RUN_TASK = "run_task"
 #: job states in which the job will still run (or is running): no re-dispatch, an abort can land
 ACTIVE_STATES = frozenset({JobStatus.queued, JobStatus.deferred, JobStatus.in_progress})
+#: Lua function ``job_active(jid, queue, result_prefix, in_progress_prefix)``: whether arq 0.28's
+#: ``Job.status()`` would return one of :data:`ACTIVE_STATES`, for scripts that decide on it in the
+#: same atomic step as their writes (the relay's, one round trip instead of a read and a write).
+#: Same checks, same order as ``Job.status``: a result key means complete even while the in-progress
+#: key still exists (arq keeps it a while after a cron job); then in-progress; then a score in the
+#: queue, which arq tests for truthiness (a score of 0 counts as not found). Queued vs deferred (the
+#: score against the clock) does not matter here, both are active, so the function needs no clock.
+#: The caller passes the prefixes from :func:`job_key_prefixes` (arq's constants, never literals).
+JOB_ACTIVE_LUA = """
+local function job_active(jid, queue, result_prefix, in_progress_prefix)
+  if redis.call('EXISTS', result_prefix .. jid) == 1 then return false end
+  if redis.call('EXISTS', in_progress_prefix .. jid) == 1 then return true end
+  local score = redis.call('ZSCORE', queue, jid)
+  return score ~= false and tonumber(score) ~= 0
+end
+"""
 
 
 def _enc_hook(obj: object) -> object:
@@ -85,6 +101,11 @@ async def job_state(pool: ArqRedis, keys: Keys, jid: str) -> JobStatus:
     return await job(pool, keys, jid).status()
 
 
+def job_key_prefixes() -> tuple[str, str]:
+    """arq's result and in-progress key prefixes, the arguments :data:`JOB_ACTIVE_LUA` needs."""
+    return result_key_prefix, in_progress_key_prefix
+
+
 async def enqueue_task(
     pool: ArqRedis,
     keys: Keys,
@@ -116,12 +137,13 @@ def abort_marker_of(pipe: Pipeline, jid: str) -> None:
     pipe.zscore(abort_jobs_ss, jid)
 
 
-def mark_aborted(pipe: Pipeline, jid: str) -> None:
-    """Queue arq's abort marker for ``jid`` on ``pipe``: the worker running it (or about to start it)
-    cancels it at its next poll.
+def abort_score() -> int:
+    """The score of an abort marker added now: the time in ms, as arq's ``Job.abort`` writes it.
 
-    Only for queued or running jobs (see :data:`ACTIVE_STATES`): a marker for a finished job would
-    never be removed and would abort the next job that reuses the id. Unlike ``Job.abort`` this does
-    not wait for the result (the relay must not block on a worker).
+    arq's abort marker (``arq:abort``, member = job id) makes the worker running the job (or about to
+    start it) cancel it at its next poll. Add one only for queued or running jobs (see
+    :data:`ACTIVE_STATES`): a marker for a finished job would never be removed and would abort the next
+    job that reuses the id. The relay adds it inside its cancel script, without waiting for the result
+    as ``Job.abort`` does (the relay must not block on a worker).
     """
-    pipe.zadd(abort_jobs_ss, {jid: int(time.time() * 1000)})
+    return int(time.time() * 1000)

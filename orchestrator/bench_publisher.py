@@ -13,7 +13,7 @@ writes over one held connection (a lone turn is a plain ``XADD``, no pool checko
 
 Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
 object ``{"published": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
-"largest_write": int}`` on stdout (``late_turns``: turns written together with an earlier one because
+"largest_write": int, "cpu_s": float}`` on stdout (``late_turns``: turns written together with an earlier one because
 this process fell behind its schedule, e.g. while it had no CPU).
 """
 
@@ -45,6 +45,7 @@ async def publish_paced(
     publisher = Publisher(redis, keys)
     try:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         sent = 0
         late = 0  # turns written together with an earlier one: this process fell behind its schedule
         largest = 0
@@ -61,6 +62,7 @@ async def publish_paced(
             else:
                 await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     finally:
         await redis.aclose()
     return {
@@ -70,6 +72,8 @@ async def publish_paced(
         # how evenly the turns went out: a client starved of CPU sends what fell due meanwhile at once
         "late_turns": late,
         "largest_write": largest,
+        # this process's CPU while publishing (the turns were built before): its share of the machine
+        "cpu_s": round(cpu, 4),
     }
 
 

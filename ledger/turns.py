@@ -207,6 +207,10 @@ class Publisher:
 
     async def publish_many(self, turns: list[Turn]) -> list[str]:
         """Publish in order with one pipelined round trip (order within a conversation is kept)."""
+        if len(turns) == 1:
+            # a plain command: over a held connection (``single_connection_client``) it skips the pool
+            # checkout that a pipeline always takes
+            return [await self.publish(turns[0])]
         for turn in turns:
             validate_turn(turn, max_content_bytes=self.max_content_bytes)
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -7,9 +7,13 @@ the start; whatever is due goes out in one pipelined write), so arrivals are spr
 of coming in large bursts, and a slow write does not lower the offered rate. Each turn's ``ts`` is
 stamped just before its write: the start of the overhead measurement.
 
+The client shares the machine's CPUs with the orchestrator it measures, so it does little per turn:
+the turns are built (and validated) before the clock starts and only re-stamped when due, and it
+writes over one held connection (a lone turn is a plain ``XADD``, no pool checkout, no pipeline).
+
 Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
 object ``{"published": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
-"largest_write": int}`` on stdout (``late_turns``: turns written together with an earlier one because
+"largest_write": int, "cpu_s": float}`` on stdout (``late_turns``: turns written together with an earlier one because
 this process fell behind its schedule, e.g. while it had no CPU).
 """
 
@@ -21,6 +25,7 @@ import json
 import random
 import time
 
+import msgspec
 import uvloop
 from redis.asyncio import Redis
 
@@ -35,19 +40,21 @@ async def publish_paced(
     """Publish ``rate * seconds`` turns over ``conversations`` at ``rate`` turns/s."""
     n = int(rate * seconds)
     rng = random.Random(seed)
-    texts = [utterance(rng) for _ in range(n)]
-    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=2.0)
+    turns = [make_turn(f"bench-{i % conversations}", utterance(rng), turn_id=f"r-{i}") for i in range(n)]
+    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=2.0, single_connection_client=True)
     publisher = Publisher(redis, keys)
     try:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         sent = 0
         late = 0  # turns written together with an earlier one: this process fell behind its schedule
         largest = 0
         while sent < n:
             due = min(n, int((time.perf_counter() - started) * rate) + 1)
             if due > sent:
-                # make_turn stamps ts now: the overhead of a turn is counted from here
-                batch = [make_turn(f"bench-{i % conversations}", texts[i], turn_id=f"r-{i}") for i in range(sent, due)]
+                # stamped now: the overhead of a turn is counted from here
+                now = time.time()
+                batch = [msgspec.structs.replace(turn, ts=now) for turn in turns[sent:due]]
                 await publisher.publish_many(batch)
                 late += len(batch) - 1
                 largest = max(largest, len(batch))
@@ -55,6 +62,7 @@ async def publish_paced(
             else:
                 await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     finally:
         await redis.aclose()
     return {
@@ -64,6 +72,8 @@ async def publish_paced(
         # how evenly the turns went out: a client starved of CPU sends what fell due meanwhile at once
         "late_turns": late,
         "largest_write": largest,
+        # this process's CPU while publishing (the turns were built before): its share of the machine
+        "cpu_s": round(cpu, 4),
     }
 
 

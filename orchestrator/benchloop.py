@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from intent.backend import Backend
 from ledger import Ack, ApplyCall, DecisionEvent, DecisionMeta, Keys, Ledger, Message, NoteOp
 from ledger.turns import Publisher, Turn, decode_entry, make_turn
+from orchestrator.bench_cpu import CpuSample, per_turn
 from orchestrator.bench_turns import utterance
 from orchestrator.partition import GROUP
 from orchestrator.runtime import Orchestrator
@@ -87,7 +88,15 @@ def _bench_settings(settings: Settings, prefix: str) -> Settings:
     return settings.model_copy(update={"prefix": prefix, "metrics_port": 0, "instance_id": f"bench-{prefix}"})
 
 
-async def _saturated(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBenchConfig) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class SaturatedRun:
+    throughput_turns_per_s: float
+    seconds: float
+    model_ms_mean: float
+    cpu_ms_per_turn: dict[str, float]
+
+
+async def _saturated(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBenchConfig) -> SaturatedRun:
     prefix = f"{settings.prefix}-bench-{uuid.uuid4().hex[:8]}"
     s = _bench_settings(settings, prefix)
     keys = s.keys()
@@ -105,21 +114,19 @@ async def _saturated(settings: Settings, redis: Redis, backend: Backend, cfg: Lo
         for i in range(0, len(turns), 1000):
             await publisher.publish_many(turns[i : i + 1000])
         orch = Orchestrator(s, backend, observer=observe)
+        cpu_before = await CpuSample.take(redis)
         started = time.perf_counter()
         await orch.start()
         try:
             await asyncio.wait_for(done.wait(), timeout=max(60.0, cfg.turns / 100))
             elapsed = time.perf_counter() - started
+            cpu = per_turn(cpu_before, await CpuSample.take(redis), cfg.turns)
         finally:
             await orch.stop()
     finally:
         await _cleanup(redis, keys)
     model = [r.model_ms for r in records]
-    return {
-        "throughput_turns_per_s": cfg.turns / elapsed,
-        "seconds": elapsed,
-        "model_ms_mean": sum(model) / len(model),
-    }
+    return SaturatedRun(cfg.turns / elapsed, elapsed, sum(model) / len(model), cpu)
 
 
 async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBenchConfig) -> dict[str, object]:
@@ -138,6 +145,7 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     orch = Orchestrator(s, backend, observer=observe)
     try:
         await orch.start()
+        cpu_before = await CpuSample.take(redis)
         client = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
             "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
@@ -145,6 +153,8 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await client.communicate()
+        # the model processes' share is read while they run; the client reports its own (it has exited)
+        cpu_after = await CpuSample.take(redis, exclude=frozenset({client.pid}))
         if client.returncode != 0:
             raise RuntimeError(f"bench publisher exited with {client.returncode}")
         client_report = json.loads(out.decode().strip().splitlines()[-1])
@@ -153,6 +163,7 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     finally:
         await orch.stop()
         await _cleanup(redis, keys)
+    cpu = per_turn(cpu_before, cpu_after, n, float(client_report["cpu_s"]))
     e2e = [(r.committed_at - r.published_at) * 1000 for r in records]
     overhead = [max(0.0, ms - r.model_ms) for ms, r in zip(e2e, records, strict=True)]
     processing = [r.overhead_ms for r in records]
@@ -167,6 +178,8 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
         "end_to_end_ms": {"p50": round(percentile(e2e, 50), 3), "p99": round(percentile(e2e, 99), 3)},
         "processing_ms": {"p50": round(percentile(processing, 50), 3), "p99": round(percentile(processing, 99), 3)},
         "model_ms": {"p50": round(percentile(model, 50), 3), "p99": round(percentile(model, 99), 3)},
+        # CPU milliseconds per turn of each process while the client published (see bench_cpu.py)
+        "cpu_ms_per_turn": cpu,
     }
 
 
@@ -227,8 +240,8 @@ async def bench_loop(settings: Settings, backend: Backend, cfg: LoopBenchConfig)
         floor = await _floor(settings, redis, cfg)
     finally:
         await redis.aclose()
-    throughput = saturated["throughput_turns_per_s"]
-    loop_only = no_model["throughput_turns_per_s"]
+    throughput = saturated.throughput_turns_per_s
+    loop_only = no_model.throughput_turns_per_s
     return {
         "turns": cfg.turns,
         "conversations": cfg.conversations,
@@ -237,7 +250,9 @@ async def bench_loop(settings: Settings, backend: Backend, cfg: LoopBenchConfig)
         "floor_turns_per_s": round(floor, 1),
         "ratio_to_floor": round(throughput / floor, 3),
         "backend": getattr(backend, "name", type(backend).__name__),
-        "model_ms_mean_saturated": round(saturated["model_ms_mean"], 4),
+        "model_ms_mean_saturated": round(saturated.model_ms_mean, 4),
+        # CPU milliseconds per turn of each process in the saturated phase (see bench_cpu.py)
+        "cpu_ms_per_turn_saturated": saturated.cpu_ms_per_turn,
         "throughput_without_model_turns_per_s": round(loop_only, 1),
         "ratio_to_floor_without_model": round(loop_only / floor, 3),
         "at_rate": paced,

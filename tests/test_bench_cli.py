@@ -54,6 +54,13 @@ def test_bench_loop(redis_url: str) -> None:
     assert 50 < at_rate["offered_turns_per_s"] < 200
     # the collector policy of `sraq orchestrator` (orchestrator/gc_policy.py) is in effect, the model frozen
     assert out["gc"]["thresholds"] == [10_000, 20, 100] and out["gc"]["frozen_objects"] > 10_000
+    # where the CPUs went, in ms per turn (a turn costs well over 10 µs and far under 100 ms of anyone's CPU)
+    saturated, paced = out["cpu_ms_per_turn_saturated"], at_rate["cpu_ms_per_turn"]
+    for cpu in (saturated, paced):
+        assert 0.01 < cpu["orchestrator"] < 100 and 0.001 < cpu["redis"] < 100
+    assert 0.001 < paced["client"] < 100  # reported by the client process itself
+    if out["embedded_processes"]:
+        assert 0.01 < saturated["model_processes"] < 100  # the model's child process did the deciding
 
 
 @pytest.mark.timeout(150)

@@ -245,3 +245,22 @@ async def test_keys_share_partition_hash_tag(keys: Keys) -> None:
     ):
         assert key.startswith(f"{keys.prefix}:{tag}:")
     assert Keys(prefix="x", partitions=16).partition_of("abc") == Keys(prefix="y", partitions=16).partition_of("abc")
+
+
+async def test_publish_many_single_and_batch_validate_and_keep_order(redis: Redis, keys: Keys) -> None:
+    from ledger.turns import InvalidTurn, Publisher, decode_entry, make_turn
+
+    held = redis.client()  # a lone turn is a plain XADD (no pipeline): it must work over a held connection
+    try:
+        publisher = Publisher(held, keys, max_content_bytes=8)
+        [one] = await publisher.publish_many([make_turn("c1", "hi", turn_id="t1")])
+        ids = await publisher.publish_many([make_turn("c1", "a", turn_id="t2"), make_turn("c1", "b", turn_id="t3")])
+        too_big = make_turn("c1", "far too long", turn_id="t4")
+        for batch in ([too_big], [make_turn("c1", "ok", turn_id="t5"), too_big]):
+            with pytest.raises(InvalidTurn, match="limit is 8"):
+                await publisher.publish_many(batch)
+    finally:
+        await held.aclose()
+    entries = await redis.xrange(keys.partition(keys.partition_of("c1")).turns)
+    assert [e[0].decode() for e in entries] == [one, *ids]  # nothing of a refused batch was written
+    assert [decode_entry(f).turn_id for _, f in entries] == ["t1", "t2", "t3"]

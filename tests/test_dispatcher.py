@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.jobs import JobStatus
+from arq.jobs import JobStatus, deserialize_job
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ledger import CancelOp, Keys, Ledger, StartOp, UpdateOp
 from tests.workers_support import wait_until
 from workers.dispatcher import GROUP, Dispatcher
-from workers.queue import ACTIVE_STATES, create_pool, deserialize, enqueue_task, job_id, job_state
+from workers.queue import (
+    ACTIVE_STATES,
+    RUN_TASK,
+    create_pool,
+    deserialize,
+    enqueue_and_record,
+    job_id,
+    job_state,
+)
 
 
 @pytest.fixture
@@ -140,13 +150,130 @@ async def test_update_is_delivered_once(redis: Redis, ledger: Ledger, keys: Keys
     assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]  # queued job: no re-dispatch
 
 
-async def test_stale_abort_marker_is_cleared_before_reuse(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
-    """arq#485: a marker of an earlier job would abort the next job with that id before it starts."""
+async def _our_enqueue(
+    redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c9", *, dispatch: int = 1, clear_abort: bool = True
+) -> tuple[bool, str, bytes]:
+    """``enqueue_and_record`` for one pending outbox entry of ``conv``: (created, job id, entry id)."""
+    outbox = keys.partition(keys.partition_of(conv)).outbox
+    entry_id = await redis.xadd(outbox, {"kind": "start", "conv": conv, "task": "task-1"})
+    with contextlib.suppress(ResponseError):  # BUSYGROUP
+        await redis.xgroup_create(outbox, GROUP, id="0")
+    await redis.xreadgroup(GROUP, "relay-a", {outbox: ">"})
+    created = await enqueue_and_record(
+        pool,
+        keys,
+        conv,
+        "task-1",
+        dispatch,
+        "x",
+        outbox=outbox,
+        group=GROUP,
+        entry_id=entry_id.decode(),
+        clear_abort=clear_abort,
+    )
+    return created, job_id(keys, conv, "task-1", dispatch), entry_id
+
+
+async def _pending(redis: Redis, keys: Keys, conv: str = "c9") -> int:
+    return int((await redis.xpending(keys.partition(keys.partition_of(conv)).outbox, GROUP))["pending"])
+
+
+async def test_enqueue_and_record_writes_what_arqs_enqueue_job_writes(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """Contract with arq 0.28: our job (id B) and ``enqueue_job``'s (id A, same function and args) have
+    the same payload (but the enqueue time), queue score and expiry."""
+    jid_a = job_id(keys, "c8", "task-1", 1)
+    assert await pool.enqueue_job(RUN_TASK, "c9", "task-1", 1, "x", _job_id=jid_a, _queue_name=keys.queue)
+    created, jid_b, _entry = await _our_enqueue(redis, pool, keys)
+    now_ms = time.time() * 1000
+    assert created and await _pending(redis, keys) == 0
+    theirs = deserialize_job(await redis.get(job_key_prefix + jid_a), deserializer=deserialize)
+    ours = deserialize_job(await redis.get(job_key_prefix + jid_b), deserializer=deserialize)
+    assert (ours.function, ours.args, ours.kwargs, ours.job_try) == ("run_task", ["c9", "task-1", 1, "x"], {}, None)
+    assert (ours.function, ours.args, ours.kwargs, ours.job_try) == (
+        theirs.function,
+        theirs.args,
+        theirs.kwargs,
+        theirs.job_try,
+    )
+    assert abs((ours.enqueue_time - theirs.enqueue_time).total_seconds()) < 5
+    # the same fields, the same types: only the enqueue time differs
+    raw_a = deserialize(await redis.get(job_key_prefix + jid_a))
+    raw_b = deserialize(await redis.get(job_key_prefix + jid_b))
+    assert {k: v for k, v in raw_a.items() if k != "et"} == {k: v for k, v in raw_b.items() if k != "et"}
+    assert type(raw_a["et"]) is type(raw_b["et"]) is int
+    scores = dict(await redis.zrange(keys.queue, 0, -1, withscores=True))
+    assert set(scores) == {jid_a.encode(), jid_b.encode()}
+    for jid in (jid_a, jid_b):
+        assert abs(scores[jid.encode()] - now_ms) < 5000
+        assert pool.expires_extra_ms - 5000 < await redis.pttl(job_key_prefix + jid) <= pool.expires_extra_ms
+    assert scores[jid_b.encode()] == raw_b["et"]  # score == enqueue time, as arq's for a job not deferred
+    assert await job_state(pool, keys, jid_b) is await job_state(pool, keys, jid_a) is JobStatus.queued
+
+
+async def test_enqueue_and_record_dedups_on_the_job_key(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """A job key already there (queued or running): nothing written over it; still recorded and acked."""
+    created, jid, _entry = await _our_enqueue(redis, pool, keys)
+    assert created
+    before = await redis.get(job_key_prefix + jid)
+    await redis.zadd(keys.queue, {jid: 42})  # anything a second enqueue would overwrite
+    await redis.pexpire(job_key_prefix + jid, 60_000)
+    await redis.hset(keys.task("c9", "task-1").run, mapping={"dispatch": 0, "job": "older"})
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys)
+    assert not created
+    assert await redis.get(job_key_prefix + jid) == before and await redis.pttl(job_key_prefix + jid) <= 60_000
+    assert await redis.zscore(keys.queue, jid) == 42
+    assert await redis.hgetall(keys.task("c9", "task-1").run) == {b"dispatch": b"1", b"job": jid.encode()}
+    assert await _pending(redis, keys) == 0
+
+
+async def test_enqueue_and_record_dedups_on_the_result_key(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """A finished job (its result kept): not enqueued again; the entry is still recorded and acked."""
+    jid = job_id(keys, "c9", "task-1", 1)
+    await redis.set(result_key_prefix + jid, b"x", ex=60)
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys)
+    assert not created
+    assert await redis.exists(job_key_prefix + jid) == 0 and await queued(redis, keys) == []
+    assert await redis.hget(keys.task("c9", "task-1").run, "job") == jid.encode()
+    assert await _pending(redis, keys) == 0
+
+
+async def test_enqueue_and_record_only_moves_the_record_forward(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """A late redelivered start (dispatch 1) after a re-dispatch (2): enqueued, acked, record kept at 2."""
+    run = keys.task("c9", "task-1").run
+    await redis.hset(run, mapping={"dispatch": 2, "job": "later"})
+    created, jid, _entry = await _our_enqueue(redis, pool, keys, dispatch=1)
+    assert created and await queued(redis, keys) == [jid] and await _pending(redis, keys) == 0
+    assert await redis.hgetall(run) == {b"dispatch": b"2", b"job": b"later"}
+
+
+async def test_enqueue_and_record_fails_whole(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """A record it cannot read (not a number) fails the step before any write: entry pending, no job."""
     jid = job_id(keys, "c9", "task-1", 1)
     await redis.zadd(abort_jobs_ss, {jid: 1})
-    assert await enqueue_task(pool, keys, "c9", "task-1", 1, "x")
-    assert await redis.zscore(abort_jobs_ss, jid) is None
-    assert not await enqueue_task(pool, keys, "c9", "task-1", 1, "x")  # and it dedups
+    await redis.hset(keys.task("c9", "task-1").run, "dispatch", "not a number")
+    with pytest.raises(ResponseError):
+        await _our_enqueue(redis, pool, keys)
+    assert await queued(redis, keys) == [] and await redis.exists(job_key_prefix + jid) == 0
+    assert await redis.zscore(abort_jobs_ss, jid) == 1 and await _pending(redis, keys) == 1
+
+
+@pytest.mark.parametrize("clear_abort", [True, False])
+async def test_stale_abort_marker_is_cleared_when_asked(
+    redis: Redis, keys: Keys, pool: ArqRedis, clear_abort: bool
+) -> None:
+    """arq#485: a marker of an earlier job would abort the next job with that id before it starts. The
+    caller that saw no marker skips the clear (``clear_abort=False``): then a marker is left alone."""
+    jid = job_id(keys, "c9", "task-1", 1)
+    await redis.zadd(abort_jobs_ss, {jid: 1})
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys, clear_abort=clear_abort)
+    assert created and await queued(redis, keys) == [jid]
+    assert await redis.zscore(abort_jobs_ss, jid) == (None if clear_abort else 1)
+    if clear_abort:
+        await redis.zadd(abort_jobs_ss, {jid: 2})  # a cancel of this very job, after it was enqueued
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys, clear_abort=False)
+    assert not created  # and it dedups
+    assert await redis.zscore(abort_jobs_ss, jid) == (2 if clear_abort else 1)
+    await redis.zrem(abort_jobs_ss, jid)
 
 
 async def test_relay_clears_a_stale_abort_marker_at_start(

@@ -47,25 +47,19 @@ from redis.exceptions import RedisError, ResponseError
 from ledger import Keys, Ledger, decode_task
 from ledger.models import OutboxEntry, OutboxKind
 from workers.context import update_fields
-from workers.queue import JOB_ACTIVE_LUA, abort_marker_of, abort_score, enqueue_task, job_id, job_key_prefixes
+from workers.queue import (
+    JOB_ACTIVE_LUA,
+    abort_marker_of,
+    abort_score,
+    enqueue_and_record,
+    job_id,
+    job_key_prefixes,
+)
 
 log = structlog.get_logger("sraq.workers.dispatcher")
 
 GROUP = "dispatcher"
-#: Record a dispatch (raise the recorded generation only forward: a late redelivered start must not
-#: regress it), then acknowledge the outbox entry in the same step.
-#: KEYS: task run hash, outbox. ARGV: dispatch, job id, group, entry id.
-_RECORD_LUA = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'dispatch') or '0')
-local moved = 0
-if tonumber(ARGV[1]) >= cur then
-  redis.call('HSET', KEYS[1], 'dispatch', ARGV[1], 'job', ARGV[2])
-  moved = 1
-end
-redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
-return moved
-"""
-#: Why the next two scripts build keys from ARGV: they decide on the task's *current* job, whose id
+#: Why these two scripts build keys from ARGV: they decide on the task's *current* job, whose id
 #: lives in Redis (the run hash's ``job`` field), and reading it first would cost a round trip of its
 #: own. So the script reads the id and appends it to arq's key prefixes (passed in, from
 #: ``arq.constants``). Fine on the standalone Redis arq needs anyway (its keys are global, its enqueue
@@ -199,7 +193,6 @@ class Dispatcher:
         self._wanted = set(range(keys.partitions) if partitions is None else partitions)
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._record = pool.register_script(_RECORD_LUA)
         self._update_script = pool.register_script(_UPDATE_LUA)
         self._cancel_script = pool.register_script(_CANCEL_LUA)
         self._started = False
@@ -361,13 +354,21 @@ class Dispatcher:
     async def _dispatch(
         self, entry: OutboxEntry, ob: _Outbox, dispatch: int, explanation: str, *, clear_abort: bool
     ) -> None:
-        """Enqueue one dispatch of the task, then record it and acknowledge the entry in one step."""
-        tk = self.keys.task(entry.conversation_id, entry.task_id)
-        created = await enqueue_task(
-            self.pool, self.keys, entry.conversation_id, entry.task_id, dispatch, explanation, clear_abort=clear_abort
+        """Enqueue one dispatch of the task, record it and acknowledge the entry: one atomic step."""
+        created = await enqueue_and_record(
+            self.pool,
+            self.keys,
+            entry.conversation_id,
+            entry.task_id,
+            dispatch,
+            explanation,
+            outbox=ob.stream,
+            group=GROUP,
+            entry_id=entry.entry_id,
+            clear_abort=clear_abort,
+            client=ob.conn,
         )
         jid = job_id(self.keys, entry.conversation_id, entry.task_id, dispatch)
-        await self._record(keys=[tk.run, ob.stream], args=[dispatch, jid, GROUP, entry.entry_id], client=ob.conn)
         self.stats["enqueued" if created else "duplicates"] += 1
         log.debug("dispatched", job=jid, created=created)
 

@@ -15,15 +15,18 @@ behaviours shape this module (see docs/workers.md):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_prefix
-from arq.jobs import Job, JobStatus
-from redis.asyncio import ConnectionPool
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import Job, JobStatus, serialize_job
+from arq.utils import timestamp_ms
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from ledger import Keys
 
@@ -106,7 +109,44 @@ def job_key_prefixes() -> tuple[str, str]:
     return result_key_prefix, in_progress_key_prefix
 
 
-async def enqueue_task(
+#: One dispatch of a task in one atomic step (the relay's start and re-dispatch: one round trip where
+#: arq's ``enqueue_job`` alone takes three, WATCH / EXISTS / MULTI-EXEC, and the record a fourth):
+#:
+#: 1. when asked (ARGV[1] == '1'), remove the job id's abort marker: a marker left by an earlier job
+#:    with the same id would abort this one before it starts (arq#485);
+#: 2. enqueue exactly as arq 0.28's ``ArqRedis.enqueue_job`` does for a job that is not deferred: if
+#:    the job key or the result key exists, write nothing (a duplicate); else ``PSETEX`` the job key
+#:    with the payload (built in Python by arq's own ``serialize_job``) and ``ZADD`` the id to the
+#:    queue with score = the enqueue time;
+#: 3. record the dispatch in the task's run hash, only forward (a late redelivered start must not
+#:    regress it), and acknowledge the outbox entry: in both the created and the duplicate case.
+#:
+#: The record's read (which fails on a non-numeric ``dispatch``) comes before any write, so a failing
+#: script writes nothing and the entry stays pending. Every key is in KEYS: the job id is known here.
+#: KEYS: job key, result key, queue, abort set, task run hash, outbox.
+#: ARGV: clear abort ('1' or '0'), job id, payload, expiry in ms, score, dispatch, group, entry id.
+#: Returns 1 if this call created the job, 0 if it existed.
+ENQUEUE_AND_RECORD_LUA = """
+local forward = tonumber(ARGV[6]) >= tonumber(redis.call('HGET', KEYS[5], 'dispatch') or '0')
+if ARGV[1] == '1' then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+end
+local created = 0
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
+  redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+  created = 1
+end
+if forward then
+  redis.call('HSET', KEYS[5], 'dispatch', ARGV[6], 'job', ARGV[2])
+end
+redis.call('XACK', KEYS[6], ARGV[7], ARGV[8])
+return created
+"""
+_ENQUEUE_AND_RECORD_SHA = hashlib.sha1(ENQUEUE_AND_RECORD_LUA.encode()).hexdigest()
+
+
+async def enqueue_and_record(
     pool: ArqRedis,
     keys: Keys,
     conversation_id: str,
@@ -114,22 +154,66 @@ async def enqueue_task(
     dispatch: int,
     explanation: str,
     *,
+    outbox: str,
+    group: str,
+    entry_id: str,
     clear_abort: bool = True,
+    client: Redis | None = None,
 ) -> bool:
-    """Enqueue ``run_task`` for one dispatch; True if this call created the job, False if it existed.
+    """Enqueue ``run_task`` for one dispatch, record it and acknowledge its outbox entry, in one round trip.
+
+    True if this call created the job, False if it existed (job or result key: arq's dedup). The
+    entry ``entry_id`` of ``outbox`` is acknowledged in both cases, in the same atomic step as the
+    enqueue and the record (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client`` (default: ``pool``).
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
-    starts (arq#485), so it is removed first. A marker added *after* the ZREM comes from a cancel of
+    starts (arq#485), so it is removed first. A marker added *after* this step comes from a cancel of
     this very job and is honoured. ``clear_abort=False`` skips the ZREM for a caller that has just seen
-    (in its own pipelined read, :func:`abort_marker_of`) that there is no marker: one round trip less.
+    (in its own pipelined read, :func:`abort_marker_of`) that there is no marker.
+
+    This writes arq's job records itself instead of calling ``ArqRedis.enqueue_job``, which pins us
+    to arq 0.28's layout (``arq:job:<id>``, ``arq:result:<id>``, a queue sorted set scored by the
+    enqueue time in ms; pyproject pins ``arq>=0.28,<0.29``). We depend on that layout already (abort
+    markers, ``JOB_ACTIVE_LUA``); the key prefixes come from ``arq.constants`` and the payload from
+    arq's own ``serialize_job`` with the pool's serializer, the expiry is ``expires_extra_ms`` (what
+    arq computes when score == enqueue time), and tests/test_dispatcher.py compares the result with
+    ``enqueue_job``'s. The check and the writes are one script, which is stronger than arq's
+    WATCH/MULTI: no window for a concurrent enqueue, so no ``WatchError`` to turn into "existed".
     """
     jid = job_id(keys, conversation_id, task_id, dispatch)
-    if clear_abort:
-        await pool.zrem(abort_jobs_ss, jid)
-    created = await pool.enqueue_job(
-        RUN_TASK, conversation_id, task_id, dispatch, explanation, _job_id=jid, _queue_name=keys.queue
+    enqueue_time_ms = timestamp_ms()
+    payload = serialize_job(
+        RUN_TASK,
+        (conversation_id, task_id, dispatch, explanation),
+        {},
+        None,
+        enqueue_time_ms,
+        serializer=pool.job_serializer,
     )
-    return created is not None
+    # Any: redis-py types EVALSHA's keys and args as str only
+    keys_and_args: tuple[Any, ...] = (
+        job_key_prefix + jid,
+        result_key_prefix + jid,
+        keys.queue,
+        abort_jobs_ss,
+        keys.task(conversation_id, task_id).run,
+        outbox,
+        1 if clear_abort else 0,
+        jid,
+        payload,
+        pool.expires_extra_ms,
+        enqueue_time_ms,
+        dispatch,
+        group,
+        entry_id,
+    )
+    conn = pool if client is None else client
+    try:
+        created = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 6, *keys_and_args)  # type: ignore[misc]
+    except NoScriptError:  # a restarted or different server: load it once, as redis-py's Script does
+        await conn.script_load(ENQUEUE_AND_RECORD_LUA)
+        created = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 6, *keys_and_args)  # type: ignore[misc]
+    return bool(created)
 
 
 def abort_marker_of(pipe: Pipeline, jid: str) -> None:

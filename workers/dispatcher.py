@@ -1,32 +1,37 @@
-"""The outbox relay: ledger outbox entries -> arq calls, acknowledged only after arq accepted them.
+"""The outbox relay: ledger outbox entries -> arq jobs, each acknowledged only with or after its effect.
 
 The ledger commit appends ``start`` / ``update`` / ``cancel`` entries (fields ``kind conv task attempt
 text turn lv``) to the partition's outbox stream in the same atomic step as the ledger change. One
 :class:`Dispatcher` consumes the outbox of every partition it is given with the consumer group
 ``dispatcher``, one loop per partition, entries in stream order:
 
-* ``start``  -> ``enqueue_job("run_task", ..., _job_id="<prefix>:<conv>:<task>:<attempt>")``; skipped when the
-  ledger already closed the task (e.g. cancelled before the relay got to it);
+* ``start``  -> an arq job ``run_task`` with id ``<prefix>:<conv>:<task>:<attempt>``, enqueued as arq's
+  ``enqueue_job`` does (``workers.queue.enqueue_and_record``); skipped when the ledger already closed
+  the task (e.g. cancelled before the relay got to it);
 * ``update`` -> appended to the task's update stream (entry id = outbox entry id, so a redelivered
   entry is not delivered twice), where the running handler reads it; if the task is open but its job
   is neither queued nor running, the task is re-dispatched as ``...:<task>:<n+1>``;
 * ``cancel`` -> arq abort of the task's current job (queued or running): the handler gets
   ``CancelledError`` within one worker poll delay.
 
-Exactly once, by construction: an entry is XACKed only after its arq call returned, so a relay that
-dies between the ledger commit and the enqueue leaves the entry unread or pending; the next relay (or
-the same consumer after a restart, or any consumer after ``claim_idle_ms`` via XAUTOCLAIM) processes
-it again, and the deterministic job id makes the second enqueue a no-op. Runs in ``sraq dispatcher``
+Exactly once, by construction: an entry is XACKed only with or after its effect (a start's enqueue and
+its acknowledgement are one atomic step), so a relay that dies between the ledger commit and the
+enqueue leaves the entry unread or pending; the next relay (or the same consumer after a restart, or
+any consumer after ``claim_idle_ms`` via XAUTOCLAIM) processes it again, and the deterministic job id
+makes the second enqueue a no-op. Runs in ``sraq dispatcher``
 or inside the orchestrator process for the partitions it owns (:meth:`Dispatcher.set_partitions`).
 
 Cost: the relay's CPU is mostly Redis round trips (tens of microseconds of client CPU each), so each
 kind uses as few as its ordering allows: the acknowledgement rides in the entry's last write (a script
 or a pipeline), reads that do not depend on each other share a pipeline, and each partition loop
-holds one connection for its own commands. A start takes five round trips (state and marker, arq's
-enqueue of three, record and ack). An update to an active job and a cancel take one each: a script
-reads the current job, decides its activeness as arq's ``Job.status`` does (``JOB_ACTIVE_LUA``) and
-writes and acknowledges in the same step (three each before: about 0.25–0.35 ms of relay CPU per
-entry, now 0.06–0.13 ms on the 2-vCPU dev box; see ``docs/workers.md``, "Round trips per entry").
+holds one connection for its own commands. A start takes two round trips: the task's state and the
+abort marker, then one script that clears a stale marker, enqueues as arq's ``enqueue_job`` does,
+records the dispatch and acknowledges (``enqueue_and_record``; five before, arq's enqueue alone being
+three: 0.31–0.41 ms of relay CPU per start, now 0.16–0.24 ms on the 2-vCPU dev box). An update to an
+active job and a cancel take one each: a script reads the current job, decides its activeness as
+arq's ``Job.status`` does (``JOB_ACTIVE_LUA``) and writes and acknowledges in the same step (three
+each before: about 0.25–0.35 ms of relay CPU per entry, now 0.06–0.13 ms; see ``docs/workers.md``,
+"Round trips per entry").
 """
 
 from __future__ import annotations

@@ -112,12 +112,14 @@ def job_key_prefixes() -> tuple[str, str]:
 #: One dispatch of a task in one atomic step (the relay's start and re-dispatch: one round trip where
 #: arq's ``enqueue_job`` alone takes three, WATCH / EXISTS / MULTI-EXEC, and the record a fourth):
 #:
-#: 1. when asked (ARGV[1] == '1'), remove the job id's abort marker: a marker left by an earlier job
-#:    with the same id would abort this one before it starts (arq#485);
-#: 2. enqueue exactly as arq 0.28's ``ArqRedis.enqueue_job`` does for a job that is not deferred: if
+#: 1. enqueue exactly as arq 0.28's ``ArqRedis.enqueue_job`` does for a job that is not deferred: if
 #:    the job key or the result key exists, write nothing (a duplicate); else ``PSETEX`` the job key
 #:    with the payload (built in Python by arq's own ``serialize_job``) and ``ZADD`` the id to the
 #:    queue with score = the enqueue time;
+#: 2. when the job is created and when asked (ARGV[1] == '1'), first remove the job id's abort
+#:    marker: a marker left by an earlier job with the same id would abort this one before it starts
+#:    (arq#485). On a duplicate the marker is left alone: with the job (or its result) still there, a
+#:    marker can only be a cancel of that very job, and the check and the clear are one atomic step;
 #: 3. record the dispatch in the task's run hash, only forward (a late redelivered start must not
 #:    regress it), and acknowledge the outbox entry: in both the created and the duplicate case.
 #:
@@ -128,11 +130,11 @@ def job_key_prefixes() -> tuple[str, str]:
 #: Returns 1 if this call created the job, 0 if it existed.
 ENQUEUE_AND_RECORD_LUA = """
 local forward = tonumber(ARGV[6]) >= tonumber(redis.call('HGET', KEYS[5], 'dispatch') or '0')
-if ARGV[1] == '1' then
-  redis.call('ZREM', KEYS[4], ARGV[2])
-end
 local created = 0
 if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
+  if ARGV[1] == '1' then
+    redis.call('ZREM', KEYS[4], ARGV[2])
+  end
   redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
   created = 1
@@ -167,8 +169,8 @@ async def enqueue_and_record(
     enqueue and the record (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client`` (default: ``pool``).
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
-    starts (arq#485), so it is removed first. A marker added *after* this step comes from a cancel of
-    this very job and is honoured. ``clear_abort=False`` skips the ZREM for a caller that has just seen
+    starts (arq#485), so it is removed when the job is created. A marker found on a duplicate, or
+    added *after* this step, comes from a cancel of this very job and is honoured. ``clear_abort=False`` skips the ZREM for a caller that has just seen
     (in its own pipelined read, :func:`abort_marker_of`) that there is no marker.
 
     This writes arq's job records itself instead of calling ``ArqRedis.enqueue_job``, which pins us

@@ -10,11 +10,16 @@ stamped just before its write: the start of the overhead measurement.
 The client shares the machine's CPUs with the orchestrator it measures, so it does little per turn:
 the turns are built (and validated) before the clock starts and only re-stamped when due, and it
 writes over one held connection (a lone turn is a plain ``XADD``, no pool checkout, no pipeline).
+``--nice N`` lowers its scheduling priority (``sraq bench loop`` passes 10 by default): on a box with
+few cores the client then yields a core to the system it measures instead of competing with it, as a
+client on another machine would. Its turns are stamped when written, so a client that runs late
+delays turns, it does not inflate their measured overhead; ``late_turns`` shows how late it ran.
 
 Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
 object ``{"published": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
-"largest_write": int, "cpu_s": float}`` on stdout (``late_turns``: turns written together with an earlier one because
-this process fell behind its schedule, e.g. while it had no CPU).
+"largest_write": int, "cpu_s": float, "nice": int}`` on stdout (``late_turns``: turns written
+together with an earlier one because this process fell behind its schedule, e.g. while it had no
+CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import time
 
@@ -74,6 +80,7 @@ async def publish_paced(
         "largest_write": largest,
         # this process's CPU while publishing (the turns were built before): its share of the machine
         "cpu_s": round(cpu, 4),
+        "nice": os.nice(0),  # the priority it actually ran at
     }
 
 
@@ -85,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--conversations", type=int, required=True)
+    parser.add_argument("--nice", type=int, default=0, help="added to this process's nice value (lower priority)")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     keys = Keys(prefix=args.prefix, partitions=args.partitions)
     result = uvloop.run(
         publish_paced(args.redis_url, keys, rate=args.rate, seconds=args.seconds, conversations=args.conversations)

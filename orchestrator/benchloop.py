@@ -6,8 +6,8 @@ process (the fixed-rate phase's publisher is a separate process, as clients are)
 1. **saturated**: N turns over C conversations are published first; an in-process Orchestrator then
    processes them as fast as it can. Throughput = N / (time from start to the last commit).
 2. **overhead at a fixed rate** (default 1,000 turns/s for 3 s): a paced publisher process
-   (:mod:`orchestrator.bench_publisher`, turns spread evenly over time) feeds a running
-   Orchestrator. Per turn,
+   (:mod:`orchestrator.bench_publisher`, turns spread evenly over time, at a lower scheduling
+   priority: ``--client-nice``, default 10) feeds a running Orchestrator. Per turn,
    ``overhead = commit time - publish time - decision time`` (the router's own time is excluded;
    the publish write, stream delivery, lane queueing, the snapshot and the commit are included).
    Also reported:
@@ -57,6 +57,8 @@ class LoopBenchConfig:
     conversations: int = 200
     rate: float = 1000.0
     rate_seconds: float = 3.0
+    #: nice value of the fixed-rate client process (bench_publisher.py says why)
+    client_nice: int = 10
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -150,6 +152,7 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
             sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
             "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
             "--seconds", str(cfg.rate_seconds), "--conversations", str(cfg.conversations),
+            "--nice", str(cfg.client_nice),
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await client.communicate()
@@ -171,6 +174,7 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     return {
         "turns": n,
         "offered_turns_per_s": round(offered, 1),
+        "client_nice": int(client_report["nice"]),
         "client_late_turns": int(client_report["late_turns"]),
         "client_largest_write": int(client_report["largest_write"]),
         "overhead_ms": {"p50": round(percentile(overhead, 50), 3), "p99": round(percentile(overhead, 99), 3)},

@@ -52,6 +52,7 @@ def test_bench_loop(redis_url: str) -> None:
     at_rate = out["at_rate"]
     assert isinstance(at_rate, dict) and at_rate["turns"] == 100  # published by the paced client process
     assert 50 < at_rate["offered_turns_per_s"] < 200
+    assert at_rate["client_nice"] >= 10  # the client yields CPU to the orchestrator (reported by the client)
     # the collector policy of `sraq orchestrator` (orchestrator/gc_policy.py) is in effect, the model frozen
     assert out["gc"]["thresholds"] == [10_000, 20, 100] and out["gc"]["frozen_objects"] > 10_000
     # where the CPUs went, in ms per turn (a turn costs well over 10 µs and far under 100 ms of anyone's CPU)

@@ -44,11 +44,18 @@ async def _run(settings: Settings, backend: Backend, cfg: LoopBenchConfig) -> di
 @click.option("--conversations", default=200, show_default=True)
 @click.option("--rate", default=1000.0, show_default=True, help="Offered turns/s of the overhead phase.")
 @click.option("--seconds", "rate_seconds", default=3.0, show_default=True, help="Length of the overhead phase.")
+@click.option(
+    "--client-nice",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="Nice value of the fixed-rate phase's client (it yields CPU to the orchestrator, as a remote client would).",
+)
 @click.option("--backend", "backend_name", default=None, help="Router tier (default: embedded, else scripted).")
 @click.option("--redis-url", default=None, help="Overrides SRAQ_REDIS_URL (a private redis-server if unreachable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_loop_cmd(
-    turns: int, conversations: int, rate: float, rate_seconds: float, backend_name: str | None,
+    turns: int, conversations: int, rate: float, rate_seconds: float, client_nice: int, backend_name: str | None,
     redis_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Overhead per turn excluding model time (at --rate), saturated throughput of one process,
@@ -69,7 +76,9 @@ def bench_loop_cmd(
     # the collector as `sraq orchestrator` runs it (after the model is loaded, so it is frozen)
     thresholds = apply_gc_policy(settings)
     frozen = gc.get_freeze_count()
-    cfg = LoopBenchConfig(turns=turns, conversations=conversations, rate=rate, rate_seconds=rate_seconds)
+    cfg = LoopBenchConfig(
+        turns=turns, conversations=conversations, rate=rate, rate_seconds=rate_seconds, client_nice=client_nice
+    )
     server: LocalRedis | None = None
     redis_note = settings.redis_url
     if not redis_reachable(settings.redis_url):

@@ -170,8 +170,9 @@ async def enqueue_and_record(
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
     starts (arq#485), so it is removed when the job is created. A marker found on a duplicate, or
-    added *after* this step, comes from a cancel of this very job and is honoured. ``clear_abort=False`` skips the ZREM for a caller that has just seen
-    (in its own pipelined read, :func:`abort_marker_of`) that there is no marker.
+    added *after* this step, comes from a cancel of this very job and is honoured.
+    ``clear_abort=False`` skips the ZREM for a caller that has just seen (in its own pipelined read,
+    :func:`abort_marker_of`) that there is no marker.
 
     This writes arq's job records itself instead of calling ``ArqRedis.enqueue_job``, which pins us
     to arq 0.28's layout (``arq:job:<id>``, ``arq:result:<id>``, a queue sorted set scored by the

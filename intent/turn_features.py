@@ -19,6 +19,7 @@ task-heavy conversations like the orchestrator benchmark's.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import islice
@@ -92,17 +93,21 @@ class Turn:
 
 
 class _Recent:
-    """A bounded map, oldest entry out first: for values of earlier messages remembered from a turn."""
+    """A bounded map, oldest entry out first: for values of earlier messages remembered from a turn.
+
+    An OrderedDict drops its oldest entry in constant time (a dict's ``next(iter(d))`` walks over
+    every slot deleted before it until the dict is next resized).
+    """
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
-        self.items: dict[str, tuple[float, ...]] = {}
+        self.items: OrderedDict[str, tuple[float, ...]] = OrderedDict()
 
     def put(self, key: str, value: tuple[float, ...]) -> None:
         items = self.items
         items[key] = value
         if len(items) > self.bound:
-            del items[next(iter(items))]
+            items.popitem(last=False)
 
 
 #: Cues of user messages remembered from the turn they were decided on (they are the next turns'

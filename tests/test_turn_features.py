@@ -24,7 +24,17 @@ from intent.features import (
     pair_features,
     task_view,
 )
-from intent.text import _TASK_ID, content_stems, mentioned_ids, normalise, stems_of, tokens, trigram_set, trigrams_of
+from intent.text import (
+    _TASK_ID,
+    clean_utterance,
+    content_stems,
+    mentioned_ids,
+    normalise,
+    stems_of,
+    tokens,
+    trigram_set,
+    trigrams_of,
+)
 from intent.turn_features import Turn, _context_view, dense_row, pair_rows
 from orchestrator.bench_turns import utterance
 
@@ -157,3 +167,57 @@ def test_turn_scans_the_message_afresh() -> None:
     """The message decided on is never looked up by its text (benchmarks repeat short messages)."""
     message = ChatMessage(role="user", content="thanks!")
     assert Turn(message).toks is not Turn(message).toks
+
+
+def _clean_utterance_definition(text: str, limit: int = 280) -> str:
+    """clean_utterance as first written (three regex substitutions): the fast one must equal it."""
+    cleaned = re.compile(r"\b(?:u+h+m*|u+m+|e+r+m*|hmm+|mm+-?hm+|uh-huh)\b[,.]?\s*", re.IGNORECASE).sub("", text)
+    cleaned = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE).sub(r"\1", cleaned)
+    cleaned = re.sub(r"\s+", " ", cleaned).strip(" ,;-—–")
+    if not cleaned:
+        cleaned = text.strip()
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned[:1].upper() + cleaned[1:]
+
+
+#: Whitespace, stutters and disfluencies in the places clean_utterance treats specially.
+UTTERANCES = [
+    *TRICKY,
+    "  uh, can you   book it\tplease \n",
+    "um um the the THE flight\u00a0to\u2003Oslo",
+    "mm-hmm sure, go go ahead -- ",
+    "\x1c\x1dx\u2028y\u3000z\x85",
+    "- ; ,",
+    " \u200b zero width is not a space",
+    "word " * 80,
+]
+
+
+def _stuttered(rng: random.Random) -> str:
+    """A text made of the pieces clean_utterance's substitutions look for, in any case and spacing."""
+    pieces = ["uh", "Umm", "ERM", "er", "hmm", "mm-hmm", "uh-huh", "um,", "the", "The", "THE", "go", "İ", "i",
+              "x_1", "x_1.", "(so", "so)", "umbrella", "errand", "hm", "me", "task-5", "é", "É", "Éé", "mmhm", "eerm", "Uuh"]  # fmt: skip
+    spaces = [" ", "  ", "\t", "\n", ", ", "-", ""]
+    return "".join(rng.choice(pieces) + rng.choice(spaces) for _ in range(rng.randrange(1, 9)))
+
+
+def test_clean_utterance_equals_its_definition() -> None:
+    rng = random.Random(3)
+    texts = [*UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_stuttered(rng) for _ in range(5000))]
+    texts += [m.content for ex in load(DATA).examples for m in ex.transcript if m.role == "user"]
+    for text in texts:
+        assert clean_utterance(text) == _clean_utterance_definition(text), text
+
+
+def test_str_split_splits_where_the_regex_whitespace_class_matches() -> None:
+    """clean_utterance collapses whitespace with str.split(): the same characters as the regex \\s."""
+    space = re.compile(r"\s")
+    assert all((space.match(c) is not None) == c.isspace() for c in map(chr, range(0x110000)))
+
+
+def test_disfluency_start_classes_hold_every_case_insensitive_match() -> None:
+    """_DISFLUENCY_START spells IGNORECASE out as [uU], [eE]...: no other character matches them."""
+    for letter in "uehmr":
+        pattern = re.compile(letter, re.IGNORECASE)
+        assert {c for c in map(chr, range(0x110000)) if pattern.fullmatch(c)} == {letter, letter.upper()}

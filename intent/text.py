@@ -21,8 +21,8 @@ _REPEAT = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
 #: case-insensitive pattern, which starts with ``\b``, is tried at every position of the text.
 #: ``tests/test_turn_features.py`` checks the classes hold every character IGNORECASE equates with them.
 _DISFLUENCY_START = re.compile(r"[uUeEhHmM](?<!\w.)(?:(?<=[uU])[uUhHmM]|(?<=[eE])[eErR]|(?<=[hHmM])[mM])")
-#: ASCII word characters (``\w`` on ASCII text), lower-cased.
-_ASCII_WORD = "abcdefghijklmnopqrstuvwxyz0123456789_"
+#: A byte table: every ASCII character but lower-case word characters (``\w``) to a space.
+_WORDS_ONLY = bytes(c if chr(c).islower() or chr(c).isdigit() or c == ord("_") else 32 for c in range(256))
 
 #: Function words ignored when comparing a message with a task (they say nothing about which task).
 _STOPWORDS_TEXT = """
@@ -195,25 +195,23 @@ def may_name_task(lowered: str) -> bool:
     return "task" in lowered or "ſ" in lowered
 
 
-def _may_repeat(words: list[str]) -> bool:
-    """Whether _REPEAT can match in ASCII text split into lower-cased ``words`` (False: it cannot).
+def _may_repeat(lowered: str) -> bool:
+    """Whether _REPEAT can match in lower-cased ASCII text (False: it cannot).
 
     A match is a word ``w`` (a run of word characters after a non-word one), whitespace, then ``w``
-    again (ASCII letters compared without case): ``w`` ends one whitespace-separated chunk, as its
-    whole trailing run of word characters, and starts the next.
+    again (ASCII letters compared without case). With every other character made a space, ``w`` is
+    then one of the text's words and the next word starts with it. (The test is looser than the
+    pattern, never stricter; bytes and C loops: no Python loop over the words or characters.)
     """
-    for a, b in itertools.pairwise(words):
-        w = a[len(a.rstrip(_ASCII_WORD)) :]
-        if w and b.startswith(w):
-            return True
-    return False
+    words = lowered.encode("ascii").translate(_WORDS_ONLY).split()
+    return any(map(bytes.startswith, words[1:], words))
 
 
 def clean_utterance(text: str, limit: int = 280) -> str:
     """A user message made presentable as an explanation: disfluencies and stutters out, first letter up."""
     # each substitution only where it can match (both are rare; the patterns cost ~50k instructions each)
     cleaned = _DISFLUENCY.sub("", text) if _DISFLUENCY_START.search(text) else text
-    if not cleaned.isascii() or _may_repeat(cleaned.lower().split()):
+    if not cleaned.isascii() or _may_repeat(cleaned.lower()):
         cleaned = _REPEAT.sub(r"\1", cleaned)
     # whitespace runs to one space: str.split() and the regex \s both use Python's isspace, and the
     # ends' spaces are stripped anyway (a third of this function's instructions as re.sub(r"\s+", " "))

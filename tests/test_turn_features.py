@@ -197,7 +197,8 @@ UTTERANCES = [
 def _stuttered(rng: random.Random) -> str:
     """A text made of the pieces clean_utterance's substitutions look for, in any case and spacing."""
     pieces = ["uh", "Umm", "ERM", "er", "hmm", "mm-hmm", "uh-huh", "um,", "the", "The", "THE", "go", "İ", "i",
-              "x_1", "x_1.", "(so", "so)", "umbrella", "errand", "hm", "me", "task-5", "é", "É", "Éé", "mmhm", "eerm", "Uuh"]  # fmt: skip
+              "x_1", "x_1.", "(so", "so)", "umbrella", "errand", "hm", "me", "task-5", "é", "É", "Éé",
+              "mmhm", "eerm", "Uuh"]  # fmt: skip
     spaces = [" ", "  ", "\t", "\n", ", ", "-", ""]
     return "".join(rng.choice(pieces) + rng.choice(spaces) for _ in range(rng.randrange(1, 9)))
 

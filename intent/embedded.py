@@ -21,8 +21,8 @@ from intent.backend import BackendError, Decision, DecisionRequest
 from intent.contract import Action, ChatMessage, Intent, TaskInfo, make_intent, validate
 from intent.cues import compile_all
 from intent.embedded_model import ArtefactError, EmbeddedModel, Prediction
-from intent.features import FEATURE_CACHE
-from intent.text import clean_utterance, content_stems, overlap, tool_event
+from intent.features import FEATURE_CACHE, task_view
+from intent.text import clean_utterance, content_stems, may_name_task, overlap, tokens, tool_event
 from intent.wire import to_call
 
 NAME = "embedded"
@@ -127,8 +127,14 @@ def reply_text(
 
 @lru_cache(maxsize=FEATURE_CACHE)
 def _task_stems(summary: str, last_update: str) -> frozenset[str]:
-    """Stems of a task as the reply compares them (cached: open tasks are the same turn after turn)."""
-    return content_stems(f"{summary} {last_update}")
+    """Stems of a task as the reply compares them (cached: open tasks are the same turn after turn).
+
+    Those of the joined text: the union of the two texts' stems (task_view's, which the model asked
+    for this turn) unless joining them can change their tokens (see task_view).
+    """
+    if may_name_task(summary.lower()) or may_name_task(last_update.lower()) or tokens(summary)[-1:] == ("-",):
+        return content_stems(f"{summary} {last_update}")
+    return task_view(summary, last_update)[0]
 
 
 def _first(item: tuple[float, TaskInfo]) -> float:

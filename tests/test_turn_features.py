@@ -14,7 +14,7 @@ import pytest
 
 from intent.contract import ChatMessage, TaskInfo
 from intent.dataset import load
-from intent.embedded import build_intent, reply_text
+from intent.embedded import _task_stems, build_intent, reply_text
 from intent.embedded_model import EmbeddedModel, Prediction
 from intent.features import (
     CHAR_NGRAM_CHARS,
@@ -152,6 +152,12 @@ def test_task_view_equals_the_joined_text(summary: str, update: str) -> None:
     assert stems == content_stems(summary) | content_stems(update)
     assert tri == trigram_set(f"{summary} {update}")
     assert in_summary == content_stems(summary)
+
+
+@pytest.mark.parametrize("summary", TRICKY)
+@pytest.mark.parametrize("update", ["5 done", "queued", "", "task 3 started", "- fine", "-", "ſ 4"])
+def test_reply_task_stems_equal_the_joined_text(summary: str, update: str) -> None:
+    assert _task_stems(summary, update) == content_stems(f"{summary} {update}")
 
 
 @pytest.mark.parametrize("first", TRICKY)

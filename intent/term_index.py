@@ -73,7 +73,7 @@ class TermIndex:
         # of equal rows" one comparison of two views, and every run's length a difference of starts:
         # at ~100 rows, numpy's per-call overhead is the cost, so fewer calls is less time.
         listed += (-1, self._end)
-        rows = np.array(listed, dtype=np.int64)
+        rows = np.fromiter(listed, np.int64, n + 2)  # (np.array spends ~25% more finding the list's type)
         rows.sort()
         tail = rows[1:]
         first = tail != rows[:-1]  # n + 1 flags: the rows, then the end sentinel (always a start)

@@ -30,7 +30,7 @@ from ledger.models import (
     TaskStatus,
     UpdateOp,
 )
-from ledger.store import ApplyCall, Ledger, decode_task, task_order
+from ledger.store import ApplyCall, Ledger, task_order
 
 __all__ = [
     "OPEN_STATUSES",
@@ -62,7 +62,6 @@ __all__ = [
     "UnknownTask",
     "UpdateOp",
     "VersionConflict",
-    "decode_task",
     "partition_of",
     "task_order",
 ]

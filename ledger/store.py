@@ -362,11 +362,6 @@ def _snapshot(
     )
 
 
-def decode_task(raw: bytes) -> Task:
-    """A task as stored in a conversation's tasks hash (for callers that read it in their own pipeline)."""
-    return _task_decoder.decode(raw)
-
-
 def task_order(task: Task) -> tuple[int, str]:
     """Sort key of tasks: by their number (task-2 before task-10), then id."""
     num = task.id.rpartition("-")[2]

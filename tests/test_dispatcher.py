@@ -19,6 +19,7 @@ from workers.dispatcher import GROUP, Dispatcher
 from workers.queue import (
     ACTIVE_STATES,
     RUN_TASK,
+    Enqueued,
     create_pool,
     deserialize,
     enqueue_and_record,
@@ -151,15 +152,24 @@ async def test_update_is_delivered_once(redis: Redis, ledger: Ledger, keys: Keys
 
 
 async def _our_enqueue(
-    redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c9", *, dispatch: int = 1, clear_abort: bool = True
+    redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c9", *, dispatch: int = 1, only_if_open: bool = False
 ) -> tuple[bool, str, bytes]:
     """``enqueue_and_record`` for one pending outbox entry of ``conv``: (created, job id, entry id)."""
+    outcome, jid, entry_id = await _enqueue_outcome(
+        redis, pool, keys, conv, dispatch=dispatch, only_if_open=only_if_open
+    )
+    return outcome is Enqueued.CREATED, jid, entry_id
+
+
+async def _enqueue_outcome(
+    redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c9", *, dispatch: int = 1, only_if_open: bool = False
+) -> tuple[Enqueued, str, bytes]:
     outbox = keys.partition(keys.partition_of(conv)).outbox
     entry_id = await redis.xadd(outbox, {"kind": "start", "conv": conv, "task": "task-1"})
     with contextlib.suppress(ResponseError):  # BUSYGROUP
         await redis.xgroup_create(outbox, GROUP, id="0")
     await redis.xreadgroup(GROUP, "relay-a", {outbox: ">"})
-    created = await enqueue_and_record(
+    outcome = await enqueue_and_record(
         pool,
         keys,
         conv,
@@ -169,9 +179,9 @@ async def _our_enqueue(
         outbox=outbox,
         group=GROUP,
         entry_id=entry_id.decode(),
-        clear_abort=clear_abort,
+        only_if_open=only_if_open,
     )
-    return created, job_id(keys, conv, "task-1", dispatch), entry_id
+    return outcome, job_id(keys, conv, "task-1", dispatch), entry_id
 
 
 async def _pending(redis: Redis, keys: Keys, conv: str = "c9") -> int:
@@ -257,25 +267,50 @@ async def test_enqueue_and_record_fails_whole(redis: Redis, keys: Keys, pool: Ar
     assert await redis.zscore(abort_jobs_ss, jid) == 1 and await _pending(redis, keys) == 1
 
 
-@pytest.mark.parametrize("clear_abort", [True, False])
-async def test_stale_abort_marker_is_cleared_when_asked(
-    redis: Redis, keys: Keys, pool: ArqRedis, clear_abort: bool
-) -> None:
-    """arq#485: a marker of an earlier job would abort the next job with that id before it starts. The
-    caller that saw no marker skips the clear (``clear_abort=False``): then a marker is left alone."""
+async def test_stale_abort_marker_is_cleared_when_the_job_is_created(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
+    """arq#485: a marker of an earlier job would abort the next job with that id before it starts, so
+    creating the job clears it; a redelivered start of the existing job leaves a marker alone (while
+    the job exists, a marker is that job's cancel)."""
     jid = job_id(keys, "c9", "task-1", 1)
     await redis.zadd(abort_jobs_ss, {jid: 1})
-    created, _jid, _entry = await _our_enqueue(redis, pool, keys, clear_abort=clear_abort)
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys)
     assert created and await queued(redis, keys) == [jid]
-    assert await redis.zscore(abort_jobs_ss, jid) == (None if clear_abort else 1)
-    if clear_abort:
-        await redis.zadd(abort_jobs_ss, {jid: 2})  # a cancel of this very job, after it was enqueued
-    # a redelivered start of the existing job dedups and leaves a live cancel alone, even when asked
-    # to clear (a marker while the job exists is that job's cancel)
-    created, _jid, _entry = await _our_enqueue(redis, pool, keys, clear_abort=True)
+    assert await redis.zscore(abort_jobs_ss, jid) is None
+    await redis.zadd(abort_jobs_ss, {jid: 2})  # a cancel of this very job, after it was enqueued
+    created, _jid, _entry = await _our_enqueue(redis, pool, keys)
     assert not created
-    assert await redis.zscore(abort_jobs_ss, jid) == (2 if clear_abort else 1)
+    assert await redis.zscore(abort_jobs_ss, jid) == 2
     await redis.zrem(abort_jobs_ss, jid)
+
+
+@pytest.mark.parametrize("status", ["pending", "running", "completed", "failed", "cancelled", None])
+async def test_enqueue_and_record_checks_the_task_when_asked(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, status: str | None
+) -> None:
+    """A start is enqueued only while the ledger has the task open; a closed or missing task's start is
+    acknowledged with nothing written (the ledger's own JSON, as its apply script writes it)."""
+    if status is not None:
+        await ledger.apply("c9", None, "u1", [StartOp("find flights")])
+        if status != "pending":
+            raw = await redis.hget(keys.conversation("c9").tasks, "task-1")
+            await redis.hset(keys.conversation("c9").tasks, "task-1", raw.replace(b'"pending"', f'"{status}"'.encode()))
+        task = await ledger.task("c9", "task-1")
+        assert task is not None and task.status.value == status  # the ledger reads what we wrote
+        await redis.delete(keys.partition(keys.partition_of("c9")).outbox)  # only the entry below in it
+    jid = job_id(keys, "c9", "task-1", 1)
+    await redis.zadd(abort_jobs_ss, {jid: 1})
+    outcome, _jid, _entry = await _enqueue_outcome(redis, pool, keys, only_if_open=True)
+    is_open = status in ("pending", "running")
+    assert outcome is (Enqueued.CREATED if is_open else Enqueued.TASK_CLOSED)
+    assert await queued(redis, keys) == ([jid] if is_open else [])
+    assert await redis.exists(job_key_prefix + jid, keys.task("c9", "task-1").run) == (2 if is_open else 0)
+    assert await redis.zscore(abort_jobs_ss, jid) == (None if is_open else 1)  # nothing written when closed
+    assert await _pending(redis, keys) == 0  # acknowledged either way
+    # without the check (a re-dispatch, whose caller has just read the task open) it is enqueued
+    await redis.zrem(abort_jobs_ss, jid)
+    if not is_open:
+        outcome, _jid, _entry = await _enqueue_outcome(redis, pool, keys)
+        assert outcome is Enqueued.CREATED
 
 
 async def test_relay_clears_a_stale_abort_marker_at_start(

@@ -24,10 +24,11 @@ or inside the orchestrator process for the partitions it owns (:meth:`Dispatcher
 Cost: the relay's CPU is mostly Redis round trips (tens of microseconds of client CPU each), so each
 kind uses as few as its ordering allows: the acknowledgement rides in the entry's last write (a script
 or a pipeline), reads that do not depend on each other share a pipeline, and each partition loop
-holds one connection for its own commands. A start takes two round trips: the task's state and the
-abort marker, then one script that clears a stale marker, enqueues as arq's ``enqueue_job`` does,
-records the dispatch and acknowledges (``enqueue_and_record``; five before, arq's enqueue alone being
-three: 0.31–0.41 ms of relay CPU per start, now 0.16–0.24 ms on the 2-vCPU dev box). An update to an
+holds one connection for its own commands. A start takes one round trip: a script that skips a task
+the ledger has closed, clears a stale abort marker, enqueues as arq's ``enqueue_job`` does, records
+the dispatch and acknowledges (``enqueue_and_record``; five before, arq's enqueue alone being three:
+0.31–0.41 ms of relay CPU per start; with two round trips 0.20–0.24 ms; now 0.13 ms, on the 2-vCPU
+dev box). An update to an
 active job and a cancel take one each: a script reads the current job, decides its activeness as
 arq's ``Job.status`` does (``JOB_ACTIVE_LUA``) and writes and acknowledges in the same step (three
 each before: about 0.25–0.35 ms of relay CPU per entry, now 0.06–0.13 ms; see ``docs/workers.md``,
@@ -49,12 +50,12 @@ from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ledger import Keys, Ledger, decode_task
+from ledger import Keys, Ledger
 from ledger.models import OutboxEntry, OutboxKind
 from workers.context import update_fields
 from workers.queue import (
     JOB_ACTIVE_LUA,
-    abort_marker_of,
+    Enqueued,
     abort_score,
     enqueue_and_record,
     job_id,
@@ -131,6 +132,11 @@ if active then return 1 end
 return 0
 """
 )
+_ENQUEUED_STAT = {
+    Enqueued.CREATED: "enqueued",
+    Enqueued.DUPLICATE: "duplicates",
+    Enqueued.TASK_CLOSED: "skipped_closed",
+}
 _DELIVERED_STAT = {"delivered": "updates", "late": "updates", "duplicate": "duplicate_updates"}
 
 
@@ -357,10 +363,10 @@ class Dispatcher:
     # ------------------------------------------------------------------ kinds
 
     async def _dispatch(
-        self, entry: OutboxEntry, ob: _Outbox, dispatch: int, explanation: str, *, clear_abort: bool
+        self, entry: OutboxEntry, ob: _Outbox, dispatch: int, explanation: str, *, only_if_open: bool
     ) -> None:
         """Enqueue one dispatch of the task, record it and acknowledge the entry: one atomic step."""
-        created = await enqueue_and_record(
+        done = await enqueue_and_record(
             self.pool,
             self.keys,
             entry.conversation_id,
@@ -370,25 +376,15 @@ class Dispatcher:
             outbox=ob.stream,
             group=GROUP,
             entry_id=entry.entry_id,
-            clear_abort=clear_abort,
+            only_if_open=only_if_open,
             client=ob.conn,
         )
-        jid = job_id(self.keys, entry.conversation_id, entry.task_id, dispatch)
-        self.stats["enqueued" if created else "duplicates"] += 1
-        log.debug("dispatched", job=jid, created=created)
+        self.stats[_ENQUEUED_STAT[done]] += 1
+        log.debug("dispatched", job=job_id(self.keys, entry.conversation_id, entry.task_id, dispatch), outcome=done)
 
     async def _start(self, entry: OutboxEntry, ob: _Outbox) -> None:
-        # the task's state and the job id's abort marker in one round trip
-        jid = job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.hget(self.keys.conversation(entry.conversation_id).tasks, entry.task_id)
-            abort_marker_of(pipe, jid)
-            raw, marker = await pipe.execute()
-        if raw is None or not decode_task(raw).is_open:
-            self.stats["skipped_closed"] += 1
-            await ob.conn.xack(ob.stream, GROUP, entry.entry_id)
-            return
-        await self._dispatch(entry, ob, entry.attempt, entry.text, clear_abort=marker is not None)
+        # one round trip: skipped (and acknowledged) when the ledger closed the task before we got here
+        await self._dispatch(entry, ob, entry.attempt, entry.text, only_if_open=True)
 
     async def _update(self, entry: OutboxEntry, ob: _Outbox) -> None:
         tk = self.keys.task(entry.conversation_id, entry.task_id)
@@ -411,7 +407,7 @@ class Dispatcher:
         run: int = await ob.conn.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
         self.stats["redispatched"] += 1
         log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)
-        await self._dispatch(entry, ob, run, task.summary, clear_abort=True)
+        await self._dispatch(entry, ob, run, task.summary, only_if_open=False)  # just read: open
 
     async def _cancel(self, entry: OutboxEntry, ob: _Outbox) -> None:
         tk = self.keys.task(entry.conversation_id, entry.task_id)

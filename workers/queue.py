@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from enum import Enum
 from typing import Any
 
 import msgspec
@@ -25,10 +26,9 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import Job, JobStatus, serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from ledger import Keys
+from ledger import Keys, TaskStatus
 
 #: arq function name of the task runner (workers/runner.py)
 RUN_TASK = "run_task"
@@ -109,40 +109,70 @@ def job_key_prefixes() -> tuple[str, str]:
     return result_key_prefix, in_progress_key_prefix
 
 
+class Enqueued(str, Enum):
+    """What :func:`enqueue_and_record` did (the outbox entry is acknowledged in every case)."""
+
+    CREATED = "created"
+    #: the job (or its kept result) exists: arq's dedup
+    DUPLICATE = "duplicate"
+    #: asked to check the task, and the ledger has it closed (or not at all): nothing enqueued
+    TASK_CLOSED = "task_closed"
+
+
+_ENQUEUED = {1: Enqueued.CREATED, 0: Enqueued.DUPLICATE, -1: Enqueued.TASK_CLOSED}
+#: The ledger's task statuses in which a task still runs (what ``Task.is_open`` says), for the script.
+_OPEN_STATUSES = tuple(s.value for s in TaskStatus if s.is_open)
+
 #: One dispatch of a task in one atomic step (the relay's start and re-dispatch: one round trip where
-#: arq's ``enqueue_job`` alone takes three, WATCH / EXISTS / MULTI-EXEC, and the record a fourth):
+#: a task read, arq's ``enqueue_job`` (WATCH / EXISTS / MULTI-EXEC) and the record took five):
 #:
+#: 0. when asked (ARGV[8], the task id, is not empty), look at the task in the ledger (its JSON in the
+#:    conversation's task hash, as the ledger's apply script writes it): closed or missing means the
+#:    ledger cancelled or finished it before the relay got to its start: acknowledge, write nothing;
 #: 1. enqueue exactly as arq 0.28's ``ArqRedis.enqueue_job`` does for a job that is not deferred: if
 #:    the job key or the result key exists, write nothing (a duplicate); else ``PSETEX`` the job key
 #:    with the payload (built in Python by arq's own ``serialize_job``) and ``ZADD`` the id to the
 #:    queue with score = the enqueue time;
-#: 2. when the job is created and when asked (ARGV[1] == '1'), first remove the job id's abort
-#:    marker: a marker left by an earlier job with the same id would abort this one before it starts
-#:    (arq#485). On a duplicate the marker is left alone: with the job (or its result) still there, a
-#:    marker can only be a cancel of that very job, and the check and the clear are one atomic step;
+#: 2. when the job is created, first remove the job id's abort marker, if any: a marker left by an
+#:    earlier job with the same id would abort this one before it starts (arq#485). On a duplicate the
+#:    marker is left alone: with the job (or its result) still there, a marker can only be a cancel of
+#:    that very job, and the check and the clear are one atomic step;
 #: 3. record the dispatch in the task's run hash, only forward (a late redelivered start must not
 #:    regress it), and acknowledge the outbox entry: in both the created and the duplicate case.
 #:
-#: The record's read (which fails on a non-numeric ``dispatch``) comes before any write, so a failing
+#: The reads (a task that is not JSON, a non-numeric ``dispatch``) come before any write, so a failing
 #: script writes nothing and the entry stays pending. Every key is in KEYS: the job id is known here.
-#: KEYS: job key, result key, queue, abort set, task run hash, outbox.
-#: ARGV: clear abort ('1' or '0'), job id, payload, expiry in ms, score, dispatch, group, entry id.
-#: Returns 1 if this call created the job, 0 if it existed.
+#: KEYS: job key, result key, queue, abort set, task run hash, outbox, the conversation's task hash.
+#: ARGV: job id, payload, expiry in ms, score, dispatch, group, entry id, task id to check ('' = no
+#: check), the open statuses...
+#: Returns 1 if this call created the job, 0 if it existed, -1 if the task is closed or missing.
 ENQUEUE_AND_RECORD_LUA = """
-local forward = tonumber(ARGV[6]) >= tonumber(redis.call('HGET', KEYS[5], 'dispatch') or '0')
+if ARGV[8] ~= '' then
+  local raw = redis.call('HGET', KEYS[7], ARGV[8])
+  local open = false
+  if raw then
+    local status = cjson.decode(raw).status
+    for i = 9, #ARGV do
+      if status == ARGV[i] then open = true end
+    end
+  end
+  if not open then
+    redis.call('XACK', KEYS[6], ARGV[6], ARGV[7])
+    return -1
+  end
+end
+local forward = tonumber(ARGV[5]) >= tonumber(redis.call('HGET', KEYS[5], 'dispatch') or '0')
 local created = 0
 if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
-  if ARGV[1] == '1' then
-    redis.call('ZREM', KEYS[4], ARGV[2])
-  end
-  redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   created = 1
 end
 if forward then
-  redis.call('HSET', KEYS[5], 'dispatch', ARGV[6], 'job', ARGV[2])
+  redis.call('HSET', KEYS[5], 'dispatch', ARGV[5], 'job', ARGV[1])
 end
-redis.call('XACK', KEYS[6], ARGV[7], ARGV[8])
+redis.call('XACK', KEYS[6], ARGV[6], ARGV[7])
 return created
 """
 _ENQUEUE_AND_RECORD_SHA = hashlib.sha1(ENQUEUE_AND_RECORD_LUA.encode()).hexdigest()
@@ -159,20 +189,19 @@ async def enqueue_and_record(
     outbox: str,
     group: str,
     entry_id: str,
-    clear_abort: bool = True,
+    only_if_open: bool = False,
     client: Redis | None = None,
-) -> bool:
+) -> Enqueued:
     """Enqueue ``run_task`` for one dispatch, record it and acknowledge its outbox entry, in one round trip.
 
-    True if this call created the job, False if it existed (job or result key: arq's dedup). The
-    entry ``entry_id`` of ``outbox`` is acknowledged in both cases, in the same atomic step as the
-    enqueue and the record (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client`` (default: ``pool``).
+    ``CREATED`` if this call created the job, ``DUPLICATE`` if it existed (job or result key: arq's
+    dedup), ``TASK_CLOSED`` if ``only_if_open`` and the ledger has the task closed or not at all
+    (nothing enqueued). The entry ``entry_id`` of ``outbox`` is acknowledged in every case, in the
+    same atomic step (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client`` (default: ``pool``).
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
     starts (arq#485), so it is removed when the job is created. A marker found on a duplicate, or
     added *after* this step, comes from a cancel of this very job and is honoured.
-    ``clear_abort=False`` skips the ZREM for a caller that has just seen (in its own pipelined read,
-    :func:`abort_marker_of`) that there is no marker.
 
     This writes arq's job records itself instead of calling ``ArqRedis.enqueue_job``, which pins us
     to arq 0.28's layout (``arq:job:<id>``, ``arq:result:<id>``, a queue sorted set scored by the
@@ -201,7 +230,7 @@ async def enqueue_and_record(
         abort_jobs_ss,
         keys.task(conversation_id, task_id).run,
         outbox,
-        1 if clear_abort else 0,
+        keys.conversation(conversation_id).tasks,
         jid,
         payload,
         pool.expires_extra_ms,
@@ -209,19 +238,16 @@ async def enqueue_and_record(
         dispatch,
         group,
         entry_id,
+        task_id if only_if_open else "",
+        *_OPEN_STATUSES,
     )
     conn = pool if client is None else client
     try:
-        created = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 6, *keys_and_args)  # type: ignore[misc]
+        done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
     except NoScriptError:  # a restarted or different server: load it once, as redis-py's Script does
         await conn.script_load(ENQUEUE_AND_RECORD_LUA)
-        created = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 6, *keys_and_args)  # type: ignore[misc]
-    return bool(created)
-
-
-def abort_marker_of(pipe: Pipeline, jid: str) -> None:
-    """Queue the read of ``jid``'s abort marker (its score, or None) on ``pipe``."""
-    pipe.zscore(abort_jobs_ss, jid)
+        done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
+    return _ENQUEUED[int(done)]
 
 
 def abort_score() -> int:

@@ -5,7 +5,9 @@ fixed-rate phase publishes from here: the orchestrator's event loop and CPU are 
 production. Turns are published on an absolute schedule (turn ``i`` is due ``i / rate`` seconds after
 the start; whatever is due goes out in one write), so arrivals are spread over time instead of coming
 in large bursts, and a slow write does not lower the offered rate. Each turn's ``ts`` is stamped just
-before its write: the start of the overhead measurement.
+before its write: the start of the overhead measurement. ``--warmup N`` publishes N turns (ids
+``w-<i>``) first, on the same schedule and without a pause; the benchmark leaves them out of its
+figures (see :mod:`orchestrator.benchloop`).
 
 The client shares the machine's CPUs with the orchestrator it measures (a real client would be on
 another machine), so it does as little per turn as it can. Before the clock starts, every turn is
@@ -22,7 +24,7 @@ client on another machine would. Its turns are stamped when written, so a client
 delays turns, it does not inflate their measured overhead; ``late_turns`` shows how late it ran.
 
 Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
-object ``{"published": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
+object ``{"published": int, "warmup": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
 "largest_write": int, "cpu_s": float, "nice": int}`` on stdout (``late_turns``: turns written
 together with an earlier one because this process fell behind its schedule, e.g. while it had no
 CPU).
@@ -76,19 +78,27 @@ class StampedXadd:
 
 
 def publish_paced(
-    redis_url: str, keys: Keys, *, rate: float, seconds: float, conversations: int, seed: int = 17
+    redis_url: str,
+    keys: Keys,
+    *,
+    rate: float,
+    seconds: float,
+    conversations: int,
+    warmup: int = 0,
+    seed: int = 17,
 ) -> dict[str, float]:
-    """Publish ``rate * seconds`` turns over ``conversations`` at ``rate`` turns/s."""
-    n = int(rate * seconds)
+    """Publish ``warmup`` turns (ids ``w-<i>``), then ``rate * seconds`` measured ones (``r-<i>``) on
+    the same schedule, over ``conversations`` at ``rate`` turns/s."""
+    measured = int(rate * seconds)
+    n = warmup + measured
+    ids = [f"w-{i}" for i in range(warmup)] + [f"r-{i}" for i in range(measured)]
     rng = random.Random(seed)
     redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=2.0, single_connection_client=True)
     try:
         conn = redis.connection
         assert conn is not None  # single_connection_client: connected by the constructor
-        commands = [
-            StampedXadd(conn, keys.partition(keys.partition_of(turn.conversation_id)).turns, turn)
-            for turn in (make_turn(f"bench-{i % conversations}", utterance(rng), turn_id=f"r-{i}") for i in range(n))
-        ]
+        turns = [make_turn(f"bench-{i % conversations}", utterance(rng), turn_id=tid) for i, tid in enumerate(ids)]
+        commands = [StampedXadd(conn, keys.partition(keys.partition_of(t.conversation_id)).turns, t) for t in turns]
         started = time.perf_counter()
         cpu_started = time.process_time()
         sent = 0
@@ -112,6 +122,7 @@ def publish_paced(
         redis.close()
     return {
         "published": n,
+        "warmup": warmup,
         "seconds": round(elapsed, 3),
         "offered_turns_per_s": round(n / elapsed, 1),
         # how evenly the turns went out: a client starved of CPU sends what fell due meanwhile at once
@@ -131,12 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--conversations", type=int, required=True)
+    parser.add_argument("--warmup", type=int, default=0, help="turns published before the measured ones")
     parser.add_argument("--nice", type=int, default=0, help="added to this process's nice value (lower priority)")
     args = parser.parse_args(argv)
     if args.nice:
         os.nice(args.nice)
     keys = Keys(prefix=args.prefix, partitions=args.partitions)
-    result = publish_paced(args.redis_url, keys, rate=args.rate, seconds=args.seconds, conversations=args.conversations)
+    result = publish_paced(
+        args.redis_url, keys, rate=args.rate, seconds=args.seconds, conversations=args.conversations, warmup=args.warmup
+    )
     print(json.dumps(result), flush=True)
 
 

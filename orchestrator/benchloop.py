@@ -12,7 +12,12 @@ process (the fixed-rate phase's publisher is a separate process, as clients are)
    the publish write, stream delivery, lane queueing, the snapshot and the commit are included).
    Also reported:
    ``processing_ms`` = read-to-commit minus decision time, and ``end_to_end_ms`` = commit time -
-   publish time (decision included). With the embedded model in a child process
+   publish time (decision included). The client first publishes ``--warmup`` seconds of turns
+   (default 0.5 s, ``warmup_turns`` in the JSON) at the same rate, without a pause, and these are
+   left out of every figure but the CPU per turn: a process's first turns pay one-off costs (the
+   first snapshot read of each conversation, the first decisions of a cold model process, first
+   calls of every code path), which in a 3 s run made most of the slowest 1% (measured: 25 to 39 of
+   the 50 slowest of 5,000 turns came in the first 40 ms). With the embedded model in a child process
    (``SRAQ_EMBEDDED_PROCESSES``), a turn's decision time includes the pipe round trip and its wait in
    the child's queue, so compare ``end_to_end_ms`` across the two modes.
 3. **floor**: the same N turns read by a bare loop that only does ``XREADGROUP`` + the ledger's Lua
@@ -49,6 +54,7 @@ from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnRecord
+from workers.queue import drop_deployment
 
 
 @dataclass(slots=True)
@@ -59,6 +65,8 @@ class LoopBenchConfig:
     rate_seconds: float = 3.0
     #: nice value of the fixed-rate client process (bench_publisher.py says why)
     client_nice: int = 10
+    #: seconds of turns published at the rate before the measured ones (not counted; see _paced)
+    warmup_seconds: float = 0.5
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -73,17 +81,6 @@ def _turns(conversations: int, n: int, tag: str) -> list[Turn]:
     """``n`` turns round-robin over the conversations (order within each conversation = list order)."""
     rng = random.Random(13)
     return [make_turn(f"bench-{i % conversations}", utterance(rng), turn_id=f"{tag}-{i}") for i in range(n)]
-
-
-async def _cleanup(redis: Redis, keys: Keys) -> None:
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=keys.pattern(), count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            await redis.delete(*batch)
-            batch = []
-    if batch:
-        await redis.delete(*batch)
 
 
 def _bench_settings(settings: Settings, prefix: str) -> Settings:
@@ -126,7 +123,7 @@ async def _saturated(settings: Settings, redis: Redis, backend: Backend, cfg: Lo
         finally:
             await orch.stop()
     finally:
-        await _cleanup(redis, keys)
+        await drop_deployment(redis, keys)
     model = [r.model_ms for r in records]
     return SaturatedRun(cfg.turns / elapsed, elapsed, sum(model) / len(model), cpu)
 
@@ -136,12 +133,17 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
     s = _bench_settings(settings, prefix)
     keys = s.keys()
     n = int(cfg.rate * cfg.rate_seconds)
+    warmup = int(cfg.rate * cfg.warmup_seconds)
     records: list[TurnRecord] = []
+    seen = 0
     done = asyncio.Event()
 
     def observe(record: TurnRecord) -> None:
-        records.append(record)
-        if len(records) >= n:
+        nonlocal seen
+        seen += 1
+        if not record.turn_id.startswith("w-"):  # the client's warm-up turns are not measured
+            records.append(record)
+        if seen >= n + warmup:
             done.set()
 
     orch = Orchestrator(s, backend, observer=observe)
@@ -152,7 +154,7 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
             sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
             "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
             "--seconds", str(cfg.rate_seconds), "--conversations", str(cfg.conversations),
-            "--nice", str(cfg.client_nice),
+            "--nice", str(cfg.client_nice), "--warmup", str(warmup),
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await client.communicate()
@@ -165,14 +167,16 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
         await asyncio.wait_for(done.wait(), timeout=60)
     finally:
         await orch.stop()
-        await _cleanup(redis, keys)
-    cpu = per_turn(cpu_before, cpu_after, n, float(client_report["cpu_s"]))
+        await drop_deployment(redis, keys)
+    # the CPU samples span the whole client run, warm-up included
+    cpu = per_turn(cpu_before, cpu_after, n + warmup, float(client_report["cpu_s"]))
     e2e = [(r.committed_at - r.published_at) * 1000 for r in records]
     overhead = [max(0.0, ms - r.model_ms) for ms, r in zip(e2e, records, strict=True)]
     processing = [r.overhead_ms for r in records]
     model = [r.model_ms for r in records]
     return {
-        "turns": n,
+        "turns": len(records),  # the measured turns: every one committed, warm-up excluded
+        "warmup_turns": warmup,
         "offered_turns_per_s": round(offered, 1),
         "client_nice": int(client_report["nice"]),
         "client_late_turns": int(client_report["late_turns"]),
@@ -227,7 +231,7 @@ async def _floor(settings: Settings, redis: Redis, cfg: LoopBenchConfig) -> floa
         await asyncio.gather(*(reader(pk.turns) for pk in keys.all_partitions()))
         elapsed = time.perf_counter() - started
     finally:
-        await _cleanup(redis, keys)
+        await drop_deployment(redis, keys)
     return cfg.turns / elapsed
 
 

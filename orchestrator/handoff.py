@@ -36,6 +36,7 @@ from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from orchestrator.settings import Settings
 from orchestrator.turn_processor import TurnRecord
+from workers.queue import drop_deployment
 from workers.worker import CLIENT_NAME_PREFIX
 
 WORKER_START_TIMEOUT_S = 60.0
@@ -117,12 +118,6 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=5)
 
 
-async def _cleanup(redis: Redis, prefix: str) -> None:
-    for pattern in (f"{prefix}:*", f"arq:*:{prefix}:*"):
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            await redis.delete(key)
-
-
 async def bench_handoff(base: Settings, *, iterations: int, workers: int, poll_delay_s: float) -> dict[str, object]:
     """Run the benchmark against ``base.redis_url`` under a throw-away key prefix; returns the JSON result."""
     prefix = f"{base.prefix}-handoff-{uuid.uuid4().hex[:8]}"
@@ -164,7 +159,7 @@ async def bench_handoff(base: Settings, *, iterations: int, workers: int, poll_d
         await orch.stop()
         await asyncio.to_thread(_stop_workers, procs)
         with contextlib.suppress(Exception):
-            await _cleanup(redis, prefix)
+            await drop_deployment(redis, Keys(prefix=prefix, partitions=base.partitions))
         await redis.aclose()
 
     def stats(values: list[float]) -> dict[str, float]:

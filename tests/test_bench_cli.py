@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
+from arq.constants import abort_jobs_ss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +28,17 @@ def sraq_json(redis_url: str, *args: str, timeout: float = 100) -> dict[str, obj
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(out, dict)
     return out
+
+
+def leftovers(redis_url: str, prefix: str) -> list[bytes]:
+    """Keys and arq abort markers a benchmark left behind under its throw-away ``prefix``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [*client.scan_iter(match=f"{prefix}*"), *client.scan_iter(match=f"arq:*:{prefix}*")]
+        markers = [m for m, _ in client.zscan_iter(abort_jobs_ss, match=f"{prefix}*")]
+        return keys + markers
+    finally:
+        client.close()
 
 
 def _pcts(value: object, *names: str) -> None:
@@ -51,6 +64,7 @@ def test_bench_loop(redis_url: str) -> None:
     _pcts(out["overhead_ms"], "p50", "p99")
     at_rate = out["at_rate"]
     assert isinstance(at_rate, dict) and at_rate["turns"] == 100  # published by the paced client process
+    assert at_rate["warmup_turns"] == 50  # 0.5 s at 100/s went first and is not among the measured turns
     assert 50 < at_rate["offered_turns_per_s"] < 200
     assert at_rate["client_nice"] >= 10  # the client yields CPU to the orchestrator (reported by the client)
     # the collector policy of `sraq orchestrator` (orchestrator/gc_policy.py) is in effect, the model frozen
@@ -62,6 +76,8 @@ def test_bench_loop(redis_url: str) -> None:
     assert 0.001 < paced["client"] < 100  # reported by the client process itself
     if out["embedded_processes"]:
         assert 0.01 < saturated["model_processes"] < 100  # the model's child process did the deciding
+    # every phase deleted its keys, and arq's job records and abort markers of its relay (no worker ran)
+    assert leftovers(redis_url, "sraq-bench-") == []
 
 
 @pytest.mark.timeout(150)
@@ -70,6 +86,7 @@ def test_bench_handoff(redis_url: str) -> None:
     assert out["workers"] == 2
     _pcts(out["handoff_ms"], "p50", "p99")
     _pcts(out["cancel_ms"], "p50", "p99")
+    assert leftovers(redis_url, "sraq-handoff-") == []
 
 
 @pytest.mark.timeout(150)

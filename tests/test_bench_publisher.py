@@ -59,6 +59,21 @@ async def test_the_client_publishes_every_turn_in_order_stamped_on_schedule(
     assert stamps[-1] - stamps[0] > 0.3
 
 
+async def test_warm_up_turns_go_first_on_the_same_schedule(redis_url: str, keys: Keys, redis: Redis) -> None:
+    report = publish_paced(redis_url, keys, rate=200.0, seconds=0.2, conversations=5, warmup=20)
+    assert report["published"] == 60 and report["warmup"] == 20
+    stamps: dict[str, float] = {}
+    for pk in keys.all_partitions():
+        for _entry_id, fields in await redis.xrange(pk.turns):
+            turn = decode_entry(fields)
+            stamps[turn.turn_id] = turn.ts
+    order = [f"w-{i}" for i in range(20)] + [f"r-{i}" for i in range(40)]
+    assert sorted(stamps) == sorted(order)
+    assert [stamps[t] for t in order] == sorted(stamps.values())  # warm-up first, then the measured turns
+    gap = stamps["r-0"] - stamps["w-19"]
+    assert gap < 0.1  # no pause between them: the measured turns continue the schedule
+
+
 async def test_a_refused_write_fails_the_run(redis_url: str, keys: Keys, redis: Redis) -> None:
     # every conversation's stream key holds a string: each XADD is refused with WRONGTYPE
     for pk in keys.all_partitions():

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import JobStatus, deserialize_job
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -23,6 +23,7 @@ from workers.queue import (
     create_pool,
     deserialize,
     enqueue_and_record,
+    forget_jobs,
     job_id,
     job_state,
 )
@@ -340,6 +341,38 @@ async def test_cancel_marks_the_queued_job_and_expires_its_records(
     jid = job_id(keys, "c1", "task-1", 1)
     assert d.stats["aborted"] == 1 and await redis.zscore(abort_jobs_ss, jid) is not None
     assert 0 < await redis.ttl(keys.task("c1", "task-1").run) <= 86_400
+
+
+async def test_forget_jobs_deletes_arqs_records_of_one_prefix_only(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    # the relay leaves arq's job records and abort markers (no worker runs here), outside the prefix
+    await ledger.apply("c1", 0, "u1", [StartOp("a")])
+    await ledger.apply("c1", 1, "u2", [StartOp("b")])
+    await relay_until_settled(redis, pool, keys)  # both queued, then task-2 cancelled while queued
+    await ledger.apply("c1", 2, "u3", [CancelOp("task-2", "changed my mind")])
+    await relay_until_settled(redis, pool, keys)
+    jid, cancelled = job_id(keys, "c1", "task-1", 1), job_id(keys, "c1", "task-2", 1)
+    assert await redis.exists(job_key_prefix + jid) and await redis.zscore(abort_jobs_ss, cancelled) is not None
+    left = await redis.exists(job_key_prefix + cancelled)  # the cancel may expire it or leave it to arq
+    # what a worker leaves behind, for this prefix and for another deployment sharing the Redis
+    other = Keys(prefix=f"{keys.prefix}x", partitions=keys.partitions)
+    other_jid = job_id(other, "c1", "task-1", 1)
+    for j in (jid, other_jid):
+        await redis.set(result_key_prefix + j, b"r", ex=60)
+        await redis.set(in_progress_key_prefix + j, b"1", ex=60)
+        await redis.set(retry_key_prefix + j, b"1", ex=60)
+    await redis.set(job_key_prefix + other_jid, b"j", ex=60)
+    await redis.zadd(abort_jobs_ss, {other_jid: 1})
+
+    # task-1's job, result, in-progress and retry records, task-2's marker (and job record if left)
+    assert await forget_jobs(redis, keys) == 5 + left
+    for record in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix):
+        assert not await redis.exists(record + jid) and not await redis.exists(record + cancelled)
+        assert await redis.exists(record + other_jid)  # another prefix's jobs are untouched
+    assert await redis.zscore(abort_jobs_ss, cancelled) is None
+    assert await redis.zscore(abort_jobs_ss, other_jid) is not None
+    await forget_jobs(redis, other)
 
 
 async def _put_job_in(redis: Redis, keys: Keys, jid: str, setup: str) -> None:

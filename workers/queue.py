@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job, JobStatus, serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool, Redis
@@ -260,3 +260,40 @@ def abort_score() -> int:
     as ``Job.abort`` does (the relay must not block on a worker).
     """
     return int(time.time() * 1000)
+
+
+async def forget_jobs(redis: Redis, keys: Keys) -> int:
+    """Delete arq's records of every job of ``keys``' deployment; returns how many went.
+
+    arq names its records itself, outside our key prefix (``arq:job:<id>``, ``arq:result:<id>``,
+    ``arq:in-progress:<id>``, ``arq:retry:<id>``, and the ``arq:abort`` markers), so deleting a
+    prefix's keys leaves them behind: a job that no worker ran keeps its record for a day and its
+    abort marker for good. Job ids start with the prefix (:func:`job_id`), which is what is matched.
+    For throw-away deployments (benchmarks, tests); never run it under a prefix whose workers still run.
+    """
+    gone = 0
+    for record in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix):
+        gone += await _delete_matching(redis, f"{record}{keys.prefix}:*")
+    markers = [m async for m, _score in redis.zscan_iter(abort_jobs_ss, match=f"{keys.prefix}:*", count=1000)]
+    for i in range(0, len(markers), 500):
+        gone += await redis.zrem(abort_jobs_ss, *markers[i : i + 500])
+    return gone
+
+
+async def drop_deployment(redis: Redis, keys: Keys) -> int:
+    """Delete every key of a throw-away deployment (a benchmark's): its prefix's keys and arq's
+    records of its jobs (:func:`forget_jobs`). Returns how many went."""
+    return await forget_jobs(redis, keys) + await _delete_matching(redis, keys.pattern())
+
+
+async def _delete_matching(redis: Redis, pattern: str) -> int:
+    gone = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            gone += await redis.delete(*batch)
+            batch = []
+    if batch:
+        gone += await redis.delete(*batch)
+    return gone

@@ -45,6 +45,14 @@ async def _run(settings: Settings, backend: Backend, cfg: LoopBenchConfig) -> di
 @click.option("--rate", default=1000.0, show_default=True, help="Offered turns/s of the overhead phase.")
 @click.option("--seconds", "rate_seconds", default=3.0, show_default=True, help="Length of the overhead phase.")
 @click.option(
+    "--warmup",
+    "warmup_seconds",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds of turns published at --rate before the measured ones (left out of the figures).",
+)
+@click.option(
     "--client-nice",
     default=10,
     show_default=True,
@@ -55,8 +63,8 @@ async def _run(settings: Settings, backend: Backend, cfg: LoopBenchConfig) -> di
 @click.option("--redis-url", default=None, help="Overrides SRAQ_REDIS_URL (a private redis-server if unreachable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_loop_cmd(
-    turns: int, conversations: int, rate: float, rate_seconds: float, client_nice: int, backend_name: str | None,
-    redis_url: str | None, as_json: bool,
+    turns: int, conversations: int, rate: float, rate_seconds: float, warmup_seconds: float, client_nice: int,
+    backend_name: str | None, redis_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Overhead per turn excluding model time (at --rate), saturated throughput of one process,
     and the floor (bare XREADGROUP + Lua apply + XACK) with the ratio. Prints; asserts nothing.
@@ -77,7 +85,12 @@ def bench_loop_cmd(
     thresholds = apply_gc_policy(settings)
     frozen = gc.get_freeze_count()
     cfg = LoopBenchConfig(
-        turns=turns, conversations=conversations, rate=rate, rate_seconds=rate_seconds, client_nice=client_nice
+        turns=turns,
+        conversations=conversations,
+        rate=rate,
+        rate_seconds=rate_seconds,
+        client_nice=client_nice,
+        warmup_seconds=warmup_seconds,
     )
     server: LocalRedis | None = None
     redis_note = settings.redis_url

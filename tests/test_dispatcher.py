@@ -399,11 +399,11 @@ JOB_SETUPS = [
 ]
 
 
-@pytest.mark.parametrize(("setup", "status"), JOB_SETUPS)
-async def test_update_follows_arqs_job_status(
-    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus
-) -> None:
-    """Active job: the update is delivered and acknowledged. Otherwise: delivered, and the task re-dispatched."""
+async def _relay_op_on_job_in(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus, op: UpdateOp | CancelOp
+) -> Dispatcher:
+    """Start task-1 and relay it, put its job in ``setup``'s state (arq must agree it is ``status``),
+    then commit ``op`` and relay it; returns the stopped relay."""
     await ledger.apply("c1", 0, "u1", [StartOp("a")])
     jid = job_id(keys, "c1", "task-1", 1)
     d = relay(pool, keys)
@@ -412,10 +412,20 @@ async def test_update_follows_arqs_job_status(
         await wait_until(lambda: settled(redis, keys, "c1"))
         await _put_job_in(redis, keys, jid, setup)
         assert await job_state(pool, keys, jid) is status
-        await ledger.apply("c1", 1, "u2", [UpdateOp("task-1", "aisle seat")])
+        await ledger.apply("c1", 1, "u2", [op])
         await wait_until(lambda: settled(redis, keys, "c1"))
     finally:
         await d.stop()
+    return d
+
+
+@pytest.mark.parametrize(("setup", "status"), JOB_SETUPS)
+async def test_update_follows_arqs_job_status(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus
+) -> None:
+    """Active job: the update is delivered and acknowledged. Otherwise: delivered, and the task re-dispatched."""
+    jid = job_id(keys, "c1", "task-1", 1)
+    d = await _relay_op_on_job_in(redis, ledger, keys, pool, setup, status, UpdateOp("task-1", "aisle seat"))
     updates = await redis.xrange(keys.task("c1", "task-1").updates)
     assert [f[b"text"] for _id, f in updates] == [b"aisle seat"] and d.stats["updates"] == 1
     current = (await redis.hget(keys.task("c1", "task-1").run, "job")).decode()
@@ -462,18 +472,8 @@ async def test_cancel_follows_arqs_job_status(
     redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, setup: str, status: JobStatus
 ) -> None:
     """Only a job that will still run gets an abort marker (a stale one would abort the id's next job)."""
-    await ledger.apply("c1", 0, "u1", [StartOp("a")])
     jid = job_id(keys, "c1", "task-1", 1)
-    d = relay(pool, keys)
-    await d.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-        await _put_job_in(redis, keys, jid, setup)
-        assert await job_state(pool, keys, jid) is status
-        await ledger.apply("c1", 1, "u2", [CancelOp("task-1", "changed my mind")])
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await d.stop()
+    d = await _relay_op_on_job_in(redis, ledger, keys, pool, setup, status, CancelOp("task-1", "changed my mind"))
     marker = await redis.zscore(abort_jobs_ss, jid)
     if status in ACTIVE_STATES:
         assert d.stats["aborted"] == 1 and marker is not None and abs(marker / 1000 - time.time()) < 60

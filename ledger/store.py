@@ -271,8 +271,15 @@ class Ledger:
         replies were not all read (error, cancellation) is closed, never reused half-read.
         """
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        # Not ``pool.get_connection()``: besides connecting, it probes every connection for unread data
+        # (a non-blocking read under a timeout: ~15 µs here, once per commit at a steady rate). This
+        # path never hands a connection back with replies unread (it reads them all or closes it), and
+        # neither does redis-py; a connection the server closed meanwhile fails this round trip with a
+        # ConnectionError, which the callers retry, and is closed here.
+        conn = pool.get_available_connection()  # type: ignore[no-untyped-call]
         try:
+            if not conn.is_connected:
+                await conn.connect()
             await conn.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
             for _ in range(count):

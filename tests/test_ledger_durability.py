@@ -6,8 +6,9 @@ import asyncio
 import random
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ledger import Keys, Ledger, NoteOp, StartOp, UpdateOp, VersionConflict
+from ledger import ApplyCall, ApplyResult, Keys, Ledger, NoteOp, StartOp, UpdateOp, VersionConflict
 from orchestrator.local_redis import LocalRedis
 
 CONV = "race"
@@ -85,3 +86,28 @@ async def test_state_survives_sigkill_with_aof(keys: Keys) -> None:
         await client.aclose()
     finally:
         server.cleanup()
+
+
+async def test_a_connection_the_server_closed_costs_one_round_trip_at_most(redis_url: str, keys: Keys) -> None:
+    """Pipelined applies take a pooled connection without redis-py's per-checkout probe; one that the
+    server closed meanwhile fails one round trip (nothing applied), is dropped, and the next works."""
+    client, admin = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    ledger = Ledger(client, keys)
+    try:
+        [first] = await ledger.apply_many([ApplyCall("c1", 0, "t1", [NoteOp("a")])])
+        assert isinstance(first, ApplyResult) and first.version == 1
+        victim = await client.client_id()  # the pool's one connection, idle again after the apply
+        assert await admin.client_kill_filter(_id=victim) == 1
+        failures = 0
+        for _attempt in range(2):
+            try:
+                [second] = await ledger.apply_many([ApplyCall("c1", 1, "t2", [NoteOp("b")])])
+                break
+            except RedisConnectionError:
+                failures += 1
+                assert (await ledger.snapshot("c1")).version == 1  # nothing half-applied
+        assert failures <= 1 and isinstance(second, ApplyResult) and second.version == 2
+        assert await client.client_id() != victim  # the closed connection left the pool
+    finally:
+        await client.aclose()
+        await admin.aclose()

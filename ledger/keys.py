@@ -135,8 +135,14 @@ class Keys:
         return [self.partition(p) for p in range(self.partitions)]
 
     def pattern(self) -> str:
-        """A SCAN pattern matching every key of this deployment."""
-        return f"{self.prefix}:*"
+        """A SCAN pattern matching every key of this deployment (and no other's)."""
+        return f"{glob_escape(self.prefix)}:*"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (``SCAN MATCH``, ``KEYS``): a prefix such as
+    ``a*`` must not match another deployment's keys in a pattern that deletes them."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # Key builders are on every turn's path (several times per turn): the strings are built once per

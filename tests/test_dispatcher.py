@@ -22,6 +22,7 @@ from workers.queue import (
     Enqueued,
     create_pool,
     deserialize,
+    drop_deployment,
     enqueue_and_record,
     forget_jobs,
     job_id,
@@ -373,6 +374,21 @@ async def test_forget_jobs_deletes_arqs_records_of_one_prefix_only(
     assert await redis.zscore(abort_jobs_ss, cancelled) is None
     assert await redis.zscore(abort_jobs_ss, other_jid) is not None
     await forget_jobs(redis, other)
+
+
+async def test_drop_deployment_takes_the_prefix_literally(redis: Redis, prefix: str) -> None:
+    """A prefix with glob characters deletes its own keys, never those of a prefix it would match."""
+    starry, other = Keys(prefix=f"{prefix}*", partitions=2), Keys(prefix=f"{prefix}x", partitions=2)
+    for k in (starry, other):
+        jid = job_id(k, "c1", "task-1", 1)
+        await redis.set(k.instances, "1")
+        await redis.set(job_key_prefix + jid, b"j")
+        await redis.zadd(abort_jobs_ss, {jid: 1})
+    assert await drop_deployment(redis, starry) == 3  # its key, its job record, its abort marker
+    other_jid = job_id(other, "c1", "task-1", 1)
+    assert await redis.exists(other.instances, job_key_prefix + other_jid) == 2
+    assert await redis.zscore(abort_jobs_ss, other_jid) is not None
+    assert await drop_deployment(redis, other) == 3
 
 
 async def _put_job_in(redis: Redis, keys: Keys, jid: str, setup: str) -> None:

@@ -29,6 +29,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import NoScriptError
 
 from ledger import Keys, TaskStatus
+from ledger.keys import glob_escape
 
 #: arq function name of the task runner (workers/runner.py)
 RUN_TASK = "run_task"
@@ -273,8 +274,8 @@ async def forget_jobs(redis: Redis, keys: Keys) -> int:
     """
     gone = 0
     for record in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix):
-        gone += await _delete_matching(redis, f"{record}{keys.prefix}:*")
-    markers = [m async for m, _score in redis.zscan_iter(abort_jobs_ss, match=f"{keys.prefix}:*", count=1000)]
+        gone += await _delete_matching(redis, f"{glob_escape(record)}{keys.pattern()}")
+    markers = [m async for m, _score in redis.zscan_iter(abort_jobs_ss, match=keys.pattern(), count=1000)]
     for i in range(0, len(markers), 500):
         gone += await redis.zrem(abort_jobs_ss, *markers[i : i + 500])
     return gone

@@ -117,6 +117,11 @@ def bench_like(
 
 def _check_turn(model: EmbeddedModel, transcript: list[ChatMessage], tasks: list[TaskInfo]) -> None:
     turn = Turn(transcript[-1])
+    rows, vals = model._terms.encode(transcript, turn)
+    msg_rows, msg_vals = model.msg_vocab.transform(message_terms(transcript[-1]))
+    ctx_rows, ctx_vals = model.ctx_vocab.transform(context_terms(transcript))
+    assert np.array_equal(rows, np.concatenate([msg_rows, ctx_rows + len(model.msg_vocab)]))
+    assert np.array_equal(vals, np.concatenate([msg_vals, ctx_vals]))
     assert dense_row(transcript, tasks, turn) == dense_features(transcript, tasks).tolist()
     assert np.array_equal(pair_rows(transcript, tasks, turn), pair_features(transcript, tasks))
     assert np.abs(model.logits(transcript, tasks, turn) - reference_logits(model, transcript, tasks)).max() <= 1e-9

@@ -100,8 +100,11 @@ CUE_NAMES: tuple[str, ...] = tuple(CUES)
 #    alternatives of all groups become one such pattern, whose first item is a character class, so
 #    ``re`` skips through words instead of trying a match at each character. (Requires that X has no
 #    ``^``/``\A`` and no lookbehind, which would see the added space; a test checks the shapes.)
-#    At a position where a group's X matches, the lookahead reports only the first such group; the
+#    At a position where groups' Xs match, the lookahead reports one of them (the first it tries); the
 #    search then resumes there with the groups not found yet (see _word_led_hits).
+# 3. In that pattern the ~160 alternatives of the groups' Xs (leading groups distributed:
+#    "(?:a|b)c" is "ac|bc") are grouped by their first letter, which ``re`` compares before trying a
+#    branch: at a word start it tries the few alternatives that begin with its letter, not all of them.
 
 
 def _is_word_led(alternative: str) -> bool:
@@ -111,10 +114,81 @@ def _is_word_led(alternative: str) -> bool:
 _WORD_LED: dict[str, str] = {name: alt[2:] for name, alts in _SOURCES.items() for alt in alts[:1] if _is_word_led(alt)}
 
 
+def _structure(pattern: str) -> list[tuple[int, str]]:
+    """Positions and characters of ``pattern`` that can open, close or split a group: escapes and
+    character classes left out (the sources' classes hold no "]" but the closing one)."""
+    found, at = [], 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\":
+            at += 2
+        elif char == "[":
+            at = pattern.index("]", at + 2) + 1
+        else:
+            if char in "()|":
+                found.append((at, char))
+            at += 1
+    return found
+
+
+def _group_end(pattern: str) -> int:
+    """Index of the ")" that closes the group opened at ``pattern[0]``."""
+    depth = 0
+    for at, char in _structure(pattern):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return at
+    raise ValueError(f"unbalanced group in {pattern!r}")
+
+
+def _top_level(pattern: str) -> list[str]:
+    """``pattern``'s alternatives: split at each "|" outside groups."""
+    parts, depth, start = [], 0, 0
+    for at, char in _structure(pattern):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "|" and depth == 0:
+            parts.append(pattern[start:at])
+            start = at + 1
+    return [*parts, pattern[start:]]
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """``pattern`` as alternatives that each start with a literal, leading groups distributed.
+
+    "(?:a|b)c" matches at a position iff "ac" or "bc" does. Only a group without a quantifier after
+    it is distributed; anything else is refused (the sources are checked at import).
+    """
+    if not pattern.startswith("(?:"):
+        if not pattern[:1].isalnum() or pattern[1:2] in ("?", "*", "+", "{"):
+            raise ValueError(f"word-led alternative {pattern!r} does not start with a literal")
+        return [pattern]
+    end = _group_end(pattern)
+    rest = pattern[end + 1 :]
+    if rest[:1] in ("?", "*", "+", "{"):
+        raise ValueError(f"cannot distribute a quantified group in {pattern!r}")
+    return [alt for part in _top_level(pattern[3:end]) for alt in _alternatives(part + rest)]
+
+
+#: Each word-led group's X as alternatives that start with a literal word character.
+_LED_ALTERNATIVES = {name: _alternatives(body) for name, body in _WORD_LED.items()}
+#: The cue group of each alternative's marker group (see _any_word_led).
+_GROUP_OF_MARKER = {f"{name}_{i}": name for name, alts in _LED_ALTERNATIVES.items() for i in range(len(alts))}
+
+
 @lru_cache(maxsize=1 << len(_WORD_LED))  # every set of groups
 def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
-    """One pattern for the word-led alternatives of ``names`` (compiled once per set of groups)."""
-    return re.compile(r"\W(?=" + "|".join(f"(?P<{name}>{_WORD_LED[name]})" for name in names) + ")")
+    """One pattern for the word-led alternatives of ``names`` (compiled once per set of groups).
+
+    The alternatives are grouped by their first letter. Each one ends with an empty group that names
+    it (``m.lastgroup``, mapped by _GROUP_OF_MARKER): a group in front of it would hide its first
+    letter from the comparison ``re`` makes before trying a branch.
+    """
+    by_first: dict[str, list[str]] = {}
+    for name in names:
+        for i, alt in enumerate(_LED_ALTERNATIVES[name]):
+            by_first.setdefault(alt[0], []).append(f"{alt[1:]}(?P<{name}_{i}>)")
+    branches = [f"{first}(?:{'|'.join(alts)})" for first, alts in sorted(by_first.items())]
+    return re.compile(r"\W(?=" + "|".join(branches) + ")")
 
 
 def _rest_test(alternatives: Sequence[str]) -> Callable[[str], object] | None:
@@ -213,7 +287,7 @@ def _word_led_hits(lowered: str) -> set[str]:
     """Groups whose word-led alternative matches somewhere in ``lowered``.
 
     A search with the pattern of the groups not found yet stops at the first position where one of
-    them matches and names the first such group; the next search starts at that same position,
+    them matches and names one such group; the next search starts at that same position,
     without it (another group can match there too, none of them earlier). Every search runs inside
     ``re``; the last one scans the rest of the text for the groups never found.
     """
@@ -225,8 +299,7 @@ def _word_led_hits(lowered: str) -> set[str]:
         m = (_LED_BY_MASK[remaining] or _led_pattern(remaining)).search(padded, pos)
         if m is None:
             break
-        first = m.lastgroup
-        assert first is not None
+        first = _GROUP_OF_MARKER[m.lastgroup]  # type: ignore[index]  # (a match sets one marker)
         hits.add(first)
         pos = m.start()
         remaining ^= _LED_BIT[first]

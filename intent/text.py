@@ -12,6 +12,13 @@ from collections import OrderedDict
 from functools import lru_cache
 
 _TASK_ID = re.compile(r"\btask[-_ ]?\d+\b", re.IGNORECASE)
+#: _TASK_ID on lower-cased text without "ſ", where IGNORECASE can only match "task" itself: a pattern
+#: that starts with the literal lets ``re`` skip to each "task" (one that starts with ``\b`` is tried at
+#: every position). The lookbehind is the leading ``\b``: "t" is a word character, so a boundary before
+#: it means no word character before it. ``tests/test_turn_features.py`` checks the two agree.
+_TASK_ID_LOWER = re.compile(r"task(?<!\wtask)[-_ ]?\d+\b")
+#: Deletes the separators a task id may have ("task-9", "task_9", "task 9" -> "task9").
+_NO_ID_SEPARATOR = str.maketrans("", "", "-_ ")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[?!]|\.\.\.|…|—|–|-(?=\s*$)|[$€£%]|[\U0001F300-\U0001FAFF]")
 _TOOL_EVENT = re.compile(r"^\s*\[\s*(task[-_ ]?\d+)\s+([a-z_]+)\s*\]", re.IGNORECASE)
 _DISFLUENCY = re.compile(r"\b(?:u+h+m*|u+m+|e+r+m*|hmm+|mm+-?hm+|uh-huh)\b[,.]?\s*", re.IGNORECASE)
@@ -42,7 +49,9 @@ TOOL_EVENTS = ("progress", "completed", "failed", "started")
 def normalise(text: str) -> str:
     """Lower-case, with task ids folded to one placeholder token (ids differ per conversation)."""
     lowered = text.lower()
-    return _TASK_ID.sub(" taskid ", lowered) if may_name_task(lowered) else lowered
+    if not may_name_task(lowered):
+        return lowered
+    return (_TASK_ID if "ſ" in lowered else _TASK_ID_LOWER).sub(" taskid ", lowered)
 
 
 def scan_tokens(text: str) -> tuple[str, ...]:
@@ -183,7 +192,17 @@ def mentioned_ids(text: str) -> set[str]:
     lowered = text.lower()
     if not may_name_task(lowered):  # most messages name no task: no regex
         return set()
-    return {re.sub(r"[-_ ]", "", m).replace("task", "task-") for m in _TASK_ID.findall(lowered)}
+    return ids_in_lowered(lowered)
+
+
+def ids_in_lowered(lowered: str) -> set[str]:
+    """:func:`mentioned_ids` of lower-cased text.
+
+    Texts joined by newlines (never part of an id, and a non-word character as the ends of a text
+    are to ``\\b``) name the ids that the texts name one by one.
+    """
+    found = (_TASK_ID if "ſ" in lowered else _TASK_ID_LOWER).findall(lowered)
+    return {m.translate(_NO_ID_SEPARATOR).replace("task", "task-") for m in found}
 
 
 def may_name_task(lowered: str) -> bool:

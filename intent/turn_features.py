@@ -46,6 +46,7 @@ from intent.features import (
 from intent.text import (
     TOOL_EVENTS,
     content_stems,
+    ids_in_lowered,
     may_name_task,
     mentioned_ids,
     remember_tokens,
@@ -206,10 +207,11 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
             (kept if KEEP_CUE.search(clause) else focus).append(stems)
     in_msg = mentioned_ids(last)
     in_transcript = in_msg
-    earlier = [m.content for m in transcript[:-1]]
-    if may_name_task(" ".join(earlier).lower()):
-        # map() over the cached function: a C loop (a generator here cost more than the lookups)
-        in_transcript = in_msg.union(*map(_earlier_ids, earlier))
+    # the earlier messages' ids from one search of their joined text (see ids_in_lowered): a cache
+    # per message was as slow when it hit, and a transcript holds more messages than it kept
+    earlier = "\n".join([m.content for m in transcript[:-1]]).lower()
+    if may_name_task(earlier):
+        in_transcript = in_msg | ids_in_lowered(earlier)
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -282,9 +284,3 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
 def _earlier_trigrams(content: str) -> frozenset[str]:
     """Trigrams of a message before the last one (cached: it is in the context for several turns)."""
     return trigrams_of(tokens(content))
-
-
-@lru_cache(maxsize=FEATURE_CACHE)
-def _earlier_ids(content: str) -> frozenset[str]:
-    """Task ids named in a message before the last one (cached: it is rescanned every later turn)."""
-    return frozenset(mentioned_ids(content))

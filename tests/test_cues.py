@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from intent.cues import _SOURCES, _WORD_LED, CUE_NAMES, CUES, cue_flags
+from intent.cues import _LED_ALTERNATIVES, _SOURCES, _WORD_LED, CUE_NAMES, CUES, _alternatives, cue_flags
 from intent.dataset import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,25 @@ def test_sources_suit_the_fast_path() -> None:
         outside_classes = body.replace("[^", "[")
         assert "^" not in outside_classes and r"\A" not in body and "(?<" not in body, name
         assert _first_chars(re._parser.parse(body)) <= set("abcdefghijklmnopqrstuvwxyz0123456789_"), name  # type: ignore[attr-defined]
+
+
+def test_word_led_alternatives_match_where_their_group_does() -> None:
+    """The distributed alternatives (_alternatives) of a word-led group match at the same positions."""
+    texts = [text.lower() for seed in (2, 3) for text in _fuzz_texts(1000, seed)]
+    for name, body in _WORD_LED.items():
+        group = re.compile(body)
+        alternatives = re.compile("|".join(f"(?:{alt})" for alt in _LED_ALTERNATIVES[name]))
+        for text in texts:
+            for pos in range(len(text) + 1):
+                assert (group.match(text, pos) is None) == (alternatives.match(text, pos) is None), (name, text, pos)
+
+
+def test_alternatives_distribute_leading_groups_only() -> None:
+    assert _alternatives(r"(?:a|b(?:c|d))e\b") == [r"ae\b", r"b(?:c|d)e\b"]
+    assert _alternatives(r"(?:x[|(]|y\|)z") == [r"x[|(]z", r"y\|z"]
+    for refused in (r"(?:a|b)?c", r"\w+x", "a*b", "(?:a|(?:b)+)c"):
+        with pytest.raises(ValueError):
+            _alternatives(refused)
 
 
 def _first_chars(parsed: object) -> set[str]:

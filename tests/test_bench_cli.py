@@ -51,6 +51,7 @@ def test_bench_apply(redis_url: str) -> None:
     out = sraq_json(redis_url, "bench", "apply", "-n", "200", "--conversations", "5")
     assert out["applies"] == 200
     _pcts(out["apply_ms"], "p50", "p99")
+    assert leftovers(redis_url, "sraq-bench-") == []
 
 
 @pytest.mark.timeout(150)

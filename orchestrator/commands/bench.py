@@ -14,6 +14,7 @@ from orchestrator.commands.common import connect, fail, load_settings, percentil
 from orchestrator.handoff import bench_handoff as measure
 from orchestrator.logsetup import configure_logging
 from orchestrator.settings import Settings
+from workers.queue import drop_deployment
 
 
 @click.group()
@@ -42,8 +43,7 @@ async def _bench_apply(settings: Settings, n: int, conversations: int) -> dict[s
             versions[c] = res.version
         elapsed = time.perf_counter() - started
     finally:
-        async for key in redis.scan_iter(match=keys.pattern(), count=1000):
-            await redis.delete(key)
+        await drop_deployment(redis, keys)
         await redis.aclose()
     return {
         "applies": n,

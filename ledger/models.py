@@ -149,12 +149,30 @@ class Ack(msgspec.Struct, frozen=True):
     entry_id: str
 
 
+class Relay(msgspec.Struct, frozen=True):
+    """The outbox relay a commit hands its new outbox entries to, in the same atomic step.
+
+    The commit reads them for consumer ``consumer`` of group ``group`` (as that relay's own
+    ``XREADGROUP`` would: they are in its pending list from then on) and returns them, so the relay
+    hosted in the committing process needs no blocking read of its own (workers/dispatcher.py).
+    """
+
+    group: str
+    consumer: str
+
+
+#: An outbox stream entry as Redis returns it: entry id, fields.
+OutboxRecord = tuple[bytes, dict[bytes, bytes]]
+
+
 class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
     """Outcome of a successful apply (or of the earlier apply of the same turn id).
 
     For a fresh apply, ``at`` is the commit time (Unix ms, the ``at`` of the transcript messages it
     appended) and ``tasks`` the new state of every task it wrote, so a caller can advance its copy of
     the ledger without reading it back. A duplicate carries neither (``at`` 0, no tasks).
+    ``delivered``: with a :class:`Relay`, the outbox entries this apply handed to it (its own, and
+    any earlier ones no relay had read yet), oldest first.
     """
 
     version: int
@@ -163,6 +181,7 @@ class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False
     at: int = 0
     tasks: list[Task] = msgspec.field(default_factory=list)
+    delivered: list[OutboxRecord] = msgspec.field(default_factory=list)
 
 
 class LedgerSnapshot(msgspec.Struct, frozen=True, kw_only=True):

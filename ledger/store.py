@@ -31,6 +31,8 @@ from ledger.models import (
     LedgerSnapshot,
     Message,
     Op,
+    OutboxRecord,
+    Relay,
     Task,
 )
 
@@ -61,6 +63,7 @@ class ApplyCall:
     fencing_token: str | None = None
     ack: Ack | None = None
     event: DecisionEvent | None = None
+    relay: Relay | None = None
 
 
 class _ApplyRequest(msgspec.Struct, omit_defaults=True):
@@ -77,6 +80,7 @@ class _ApplyRequest(msgspec.Struct, omit_defaults=True):
     token: str = ""
     ack: dict[str, str] | None = None
     event: str = ""
+    relay: Relay | None = None
 
 
 _task_decoder = msgspec.json.Decoder(Task)
@@ -155,6 +159,7 @@ class Ledger:
         fencing_token: str | None = None,
         ack: Ack | None = None,
         event: DecisionEvent | None = None,
+        relay: Relay | None = None,
     ) -> ApplyResult:
         """Apply ``ops`` atomically for ``turn_id``.
 
@@ -165,10 +170,12 @@ class Ledger:
         * ``fencing_token``: the partition lease must hold exactly this token, else :class:`LeaseLost`.
         * ``ack``: the turn's stream entry is acknowledged in the same step (also for duplicates).
         * ``event``: published on the partition's decisions stream with the new ledger version.
+        * ``relay``: the outbox entries the apply writes are read for this relay in the same step
+          and returned in ``ApplyResult.delivered`` (nothing is read if its group does not exist).
         """
         call = ApplyCall(
             conversation_id, expected_version, turn_id, ops, decision=decision, messages=messages,
-            fencing_token=fencing_token, ack=ack, event=event,
+            fencing_token=fencing_token, ack=ack, event=event, relay=relay,
         )  # fmt: skip
         keys, arg, reject = self._prepare(call)
         reply = await self._apply_script(keys=keys, args=[arg])
@@ -197,6 +204,7 @@ class Ledger:
             token=call.fencing_token or "",
             ack={"group": ack.group, "id": ack.entry_id} if ack else None,
             event=_encoder.encode(call.event).decode("utf-8") if call.event else "",
+            relay=call.relay,
         )
         reject = _Reject(call.conversation_id, request.expected, ck.partition)
         return self._script_keys(ck), _encoder.encode(request), reject
@@ -351,8 +359,15 @@ def _result(reply: list[Any], reject: _Reject) -> ApplyResult:
         touched=_csv(reply[3]),
         duplicate=duplicate,
         at=0 if duplicate else int(reply[5]),
-        tasks=[] if duplicate else [_task_decoder.decode(raw) for raw in reply[6:]],
+        tasks=[] if duplicate else [_task_decoder.decode(raw) for raw in reply[7:]],
+        delivered=[] if duplicate else [_outbox_record(e) for e in reply[6]],
     )
+
+
+def _outbox_record(entry: list[Any]) -> OutboxRecord:
+    """One entry of an ``XREADGROUP`` reply made inside the apply script: [id, [field, value, ...]]."""
+    flat = entry[1]
+    return entry[0], dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _snapshot(

@@ -156,7 +156,10 @@ class Orchestrator:
                     partitions=(),
                     claim_idle_ms=s.dispatcher_claim_idle_ms,
                     keep_result_s=s.task_keep_result_s,
+                    fed=True,
                 )
+                # the commits hand their outbox entries to the relay (no blocking read of its own)
+                self.processor.outbox_feed = self.dispatcher
                 await self.dispatcher.start()
             await self._warm_up()
             self.state = State.RUNNING

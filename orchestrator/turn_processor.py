@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -51,6 +52,8 @@ from ledger import (
     Message,
     NoteOp,
     Op,
+    OutboxRecord,
+    Relay,
     StaleAttempt,
     StartOp,
     Task,
@@ -169,8 +172,21 @@ def task_view(snap: LedgerSnapshot, event: EventOp | None) -> list[TaskInfo]:
     return open_ + closed[-RECENT_CLOSED:]
 
 
+class OutboxFeed(Protocol):
+    """The outbox relay hosted in this process (:class:`workers.dispatcher.Dispatcher` with ``fed``):
+    each commit reads its new outbox entries for ``relay`` and hands them to :meth:`deliver`."""
+
+    @property
+    def relay(self) -> Relay: ...
+
+    def deliver(self, partition: int, entries: list[OutboxRecord]) -> None: ...
+
+
 class TurnProcessor:
-    """Processes one turn end to end; shared by every partition of an Orchestrator."""
+    """Processes one turn end to end; shared by every partition of an Orchestrator.
+
+    ``outbox_feed``: set by the orchestrator when it hosts the outbox relay (see :class:`OutboxFeed`).
+    """
 
     def __init__(
         self,
@@ -194,6 +210,7 @@ class TurnProcessor:
         self.decision_timeout = decision_timeout_ms / 1000
         self.conflict_retries = conflict_retries
         self.observer = observer
+        self.outbox_feed: OutboxFeed | None = None
         # bound once: calling the module's lazy proxy builds a new bound logger per call (per turn)
         self._log = log.bind()
 
@@ -202,7 +219,7 @@ class TurnProcessor:
         turn = entry.turn
         conv = turn.conversation_id
         ack = Ack(self.ledger.keys.partition(lease.partition).turns, GROUP, entry.entry_id)
-        commit = _Commit(self.store, turn, lease.token, ack)
+        commit = _Commit(self.store, turn, lease, ack, self.outbox_feed)
         model_s = 0.0
         result: ApplyResult | None = None
         plan: _Plan | None = None
@@ -410,11 +427,13 @@ def _failure(exc: Exception) -> tuple[str, str, list[PathItem]]:
 class _Commit:
     """The fenced, acknowledged apply of one turn."""
 
-    def __init__(self, store: Coalescer, turn: Turn, token: str, ack: Ack) -> None:
+    def __init__(self, store: Coalescer, turn: Turn, lease: Lease, ack: Ack, feed: OutboxFeed | None) -> None:
         self.store = store
         self.turn = turn
-        self.token = token
+        self.token = lease.token
+        self.partition = lease.partition
         self.ack = ack
+        self.feed = feed
         message = Message(
             role=turn.role.value, content=turn.transcript_text, turn_id=turn.turn_id, task_id=turn.task_id
         )
@@ -434,8 +453,14 @@ class _Commit:
         call = ApplyCall(
             self.turn.conversation_id, expected, self.turn.turn_id, ops or plan.ops, decision=plan.meta,
             messages=self.sent, fencing_token=self.token, ack=self.ack, event=plan.event,
+            relay=None if self.feed is None else self.feed.relay,
         )  # fmt: skip
-        return await self.store.apply(call)
+        result = await self.store.apply(call)
+        if result.delivered and self.feed is not None:
+            # in our relay's pending list already: were this hand-over lost (cancelled just now), its
+            # claim of idle entries would still relay them
+            self.feed.deliver(self.partition, result.delivered)
+        return result
 
     async def fallback(self, plan: _Plan) -> ApplyResult:
         """Commit whatever the version; if the ledger refuses the task event, commit the note alone."""

@@ -39,19 +39,28 @@ async def pool(redis_url: str, keys: Keys) -> AsyncIterator[ArqRedis]:
         await arq_pool.aclose()
 
 
-def relay(pool: ArqRedis, keys: Keys, consumer: str = "relay-a", **kw: int) -> Dispatcher:
-    return Dispatcher(pool, keys, consumer=consumer, block_ms=100, claim_idle_ms=kw.get("claim_idle_ms", 300))
+def relay(pool: ArqRedis, keys: Keys, consumer: str = "relay-a", *, fed: bool = False, **kw: int) -> Dispatcher:
+    """A standalone relay (blocking reads), or with ``fed`` one as the orchestrator hosts it: entries
+    written without a hand-over (as every ``ledger.apply`` here is) reach it through its polls."""
+    return Dispatcher(pool, keys, consumer=consumer, block_ms=100, claim_idle_ms=kw.get("claim_idle_ms", 300), fed=fed)
 
 
-async def relay_until_settled(redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c1") -> Dispatcher:
-    """Run a relay until every outbox entry of ``conv``'s partition is acknowledged; returns it stopped."""
-    d = relay(pool, keys)
+both_ways_in = pytest.mark.parametrize("fed", [False, True], ids=["blocking", "fed"])
+
+
+async def run_until_settled(redis: Redis, keys: Keys, d: Dispatcher, conv: str = "c1") -> Dispatcher:
+    """Run relay ``d`` until every outbox entry of ``conv``'s partition is acknowledged; returns it stopped."""
     await d.start()
     try:
         await wait_until(lambda: settled(redis, keys, conv))
     finally:
         await d.stop()
     return d
+
+
+async def relay_until_settled(redis: Redis, pool: ArqRedis, keys: Keys, conv: str = "c1") -> Dispatcher:
+    """Run a standalone relay until every outbox entry of ``conv``'s partition is acknowledged."""
+    return await run_until_settled(redis, keys, relay(pool, keys), conv)
 
 
 async def queued(redis: Redis, keys: Keys) -> list[str]:
@@ -87,45 +96,37 @@ async def test_relay_run_twice_gives_one_job(redis: Redis, ledger: Ledger, keys:
     outbox = keys.partition(keys.partition_of("c1")).outbox
     await redis.xgroup_setid(outbox, GROUP, "0")
     second = relay(pool, keys, "relay-b")
-    await second.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await second.stop()
+    await run_until_settled(redis, keys, second)
     assert sorted(await queued(redis, keys)) == [job_id(keys, "c1", "task-1", 1), job_id(keys, "c1", "task-2", 1)]
     assert first.stats["enqueued"] == 2 and second.stats["duplicates"] == 2 and second.stats["enqueued"] == 0
 
 
-async def test_relay_dead_between_commit_and_enqueue(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
+@both_ways_in
+async def test_relay_dead_between_commit_and_enqueue(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, fed: bool
+) -> None:
     """A relay read the entry and died before enqueueing: another relay claims it; exactly one job."""
     await ledger.apply("c1", 0, "u1", [StartOp("a")])
     outbox = keys.partition(keys.partition_of("c1")).outbox
     await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
     taken = await redis.xreadgroup(GROUP, "dead-relay", {outbox: ">"})  # read, never enqueued, never acked
     assert len(taken[0][1]) == 1 and await queued(redis, keys) == []
-    live = relay(pool, keys, "relay-live", claim_idle_ms=200)
-    await live.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await live.stop()
+    live = relay(pool, keys, "relay-live", fed=fed, claim_idle_ms=200)
+    await run_until_settled(redis, keys, live)
     assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
     assert live.stats["claimed"] == 1 and live.stats["enqueued"] == 1
 
 
+@both_ways_in
 async def test_restart_with_same_consumer_name_replays_own_pending(
-    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, fed: bool
 ) -> None:
     await ledger.apply("c1", 0, "u1", [StartOp("a")])
     outbox = keys.partition(keys.partition_of("c1")).outbox
     await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
     await redis.xreadgroup(GROUP, "relay-a", {outbox: ">"})
-    d = relay(pool, keys, "relay-a", claim_idle_ms=60_000)  # no claiming: its own pending list is read first
-    await d.start()
-    try:
-        await wait_until(lambda: settled(redis, keys, "c1"))
-    finally:
-        await d.stop()
+    d = relay(pool, keys, "relay-a", fed=fed, claim_idle_ms=60_000)  # no claiming: its own pending list is read first
+    await run_until_settled(redis, keys, d)
     assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
 
 
@@ -568,8 +569,11 @@ async def _shorter(redis: Redis, outbox: str, n: int) -> bool:
     return bool(await redis.xlen(outbox) < n)
 
 
-async def test_relay_recreates_a_vanished_group(redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis) -> None:
-    d = relay(pool, keys)
+@both_ways_in
+async def test_relay_recreates_a_vanished_group(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis, fed: bool
+) -> None:
+    d = relay(pool, keys, fed=fed)
     await d.start()
     try:
         outbox = keys.partition(keys.partition_of("c1")).outbox
@@ -580,3 +584,45 @@ async def test_relay_recreates_a_vanished_group(redis: Redis, ledger: Ledger, ke
         await d.stop()
     assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
     assert d.stats["redis_errors"] >= 1 and not d.failed.is_set()
+
+
+async def _polled(d: Dispatcher, times: int) -> bool:
+    return d.stats["polls"] >= times
+
+
+async def test_fed_relay_takes_its_entries_from_the_commits(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """Hosted: each commit hands its entries over; the relay needs no read of its own for them."""
+    p = keys.partition_of("c1")
+    d = Dispatcher(pool, keys, consumer="relay-a", partitions=[p], block_ms=60_000, claim_idle_ms=60_000, fed=True)
+    await d.start()
+    try:
+        # its start-up reads (own pending, then unread) are done; the next poll is a minute away
+        await wait_until(lambda: _polled(d, 2))
+        for v, op in enumerate([StartOp("a"), StartOp("b"), UpdateOp("task-2", "faster"), CancelOp("task-1", "no")]):
+            result = await ledger.apply("c1", v, f"u{v}", [op], relay=d.relay)
+            assert len(result.delivered) == 1
+            d.deliver(p, result.delivered)
+        await wait_until(lambda: settled(redis, keys, "c1"))
+    finally:
+        await d.stop()
+    assert d.stats["fed"] == 4 and d.stats["polls"] == 2
+    assert d.stats["enqueued"] == 2 and d.stats["updates"] == 1 and d.stats["aborted"] == 1
+    assert sorted(await queued(redis, keys)) == [job_id(keys, "c1", "task-1", 1), job_id(keys, "c1", "task-2", 1)]
+
+
+async def test_fed_relay_reads_what_was_handed_over_while_it_was_not_running(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """A commit read the entry for the relay's consumer before its loop ran: the hand-over finds no
+    loop, the entry waits in the consumer's pending list, and the loop reads it there when it starts."""
+    outbox = keys.partition(keys.partition_of("c1")).outbox
+    await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
+    d = Dispatcher(pool, keys, consumer="relay-a", block_ms=60_000, claim_idle_ms=60_000, fed=True)
+    result = await ledger.apply("c1", 0, "u1", [StartOp("a")], relay=d.relay)
+    d.deliver(keys.partition_of("c1"), result.delivered)
+    assert d.stats["fed"] == 0 and (await redis.xinfo_groups(outbox))[0]["pending"] == 1
+    await run_until_settled(redis, keys, d)
+    assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
+    assert d.stats["enqueued"] == 1 and d.stats["duplicates"] == 0

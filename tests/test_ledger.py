@@ -17,6 +17,7 @@ from ledger import (
     Ledger,
     Message,
     NoteOp,
+    Relay,
     StaleAttempt,
     StartOp,
     TaskClosed,
@@ -179,6 +180,30 @@ async def test_outbox_entries(ledger: Ledger, redis: Redis, keys: Keys) -> None:
         (b"update", b"task-1", b"faster", b"1"),
         (b"cancel", b"task-1", b"enough", b"1"),
     ]
+
+
+async def test_outbox_entries_handed_to_the_relay_in_the_commit(ledger: Ledger, redis: Redis, keys: Keys) -> None:
+    """With a relay, the commit reads its new outbox entries for it: returned, and in its pending list."""
+    outbox = keys.partition(keys.partition_of(CONV)).outbox
+    relay = Relay("dispatcher", "relay-a")
+    # no group yet: the commit stands, nothing is read, the entry waits for the relay's own read
+    first = await ledger.apply(CONV, 0, "t0", [StartOp("job")], relay=relay)
+    assert first.version == 1 and first.delivered == []
+    await redis.xgroup_create(outbox, "dispatcher", id="0")
+    # every entry no relay has read yet comes along, oldest first: the earlier start, then this update
+    second = await ledger.apply(CONV, 1, "t1", [UpdateOp("task-1", "faster")], relay=relay)
+    entries = await redis.xrange(outbox)
+    assert [eid for eid, _ in second.delivered] == [eid for eid, _ in entries]
+    assert [f[b"kind"] for _, f in second.delivered] == [b"start", b"update"]
+    assert second.delivered[1][1] == entries[1][1]
+    pending = await redis.xpending_range(outbox, "dispatcher", min="-", max="+", count=10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(eid, b"relay-a") for eid, _ in entries]
+    # nothing is read for a commit that writes no outbox entry, nor without a relay, nor for a duplicate
+    assert (await ledger.apply(CONV, 2, "t2", [NoteOp("hi")], relay=relay)).delivered == []
+    assert (await ledger.apply(CONV, 3, "t3", [CancelOp("task-1", "stop")])).delivered == []
+    assert (await ledger.apply(CONV, None, "t1", [UpdateOp("task-1", "faster")], relay=relay)).duplicate
+    assert len(await redis.xpending_range(outbox, "dispatcher", min="-", max="+", count=10)) == 2
+    assert (await redis.xinfo_groups(outbox))[0]["lag"] == 1  # the cancel waits for a relay's own read
 
 
 async def test_transcript_is_capped(ledger: Ledger) -> None:

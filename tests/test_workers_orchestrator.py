@@ -108,3 +108,24 @@ async def test_update_and_cancel_through_turns(
     await wait_until(lambda: redis.hexists(keys.task("chat-2", "task-2").run, "stopped_at"), within=5)
     hotel = await task_events(redis, keys, "chat-2", "task-2")
     assert all(e.event is not None and e.event.value in ("started", "progress") for e in hotel)
+
+
+async def test_the_hosted_relay_is_fed_by_the_commits(redis: Redis, redis_url: str, prefix: str) -> None:
+    """The orchestrator's commits hand their outbox entries to its relay, which enqueues from there
+    (its own polls would also find them, a second later: ``fed`` tells which way they came)."""
+    keys = Keys(prefix=prefix, partitions=4)
+    orch = Orchestrator(loop_settings(redis_url, prefix), ScriptedBackend())
+    await orch.start()
+    try:
+        relay = orch.dispatcher
+        assert relay is not None and relay.fed
+        await Publisher(redis, keys).publish_many([make_turn(f"fed-{i}", f"start: job {i}") for i in range(6)])
+
+        async def all_enqueued() -> bool:
+            return len(await redis.zrange(keys.queue, 0, -1)) == 6
+
+        await wait_until(all_enqueued, within=10)
+        assert relay.stats["fed"] == 6 and relay.stats["enqueued"] == 6
+    finally:
+        await orch.stop()
+    assert orch.failure is None

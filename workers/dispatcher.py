@@ -14,6 +14,16 @@ text turn lv``) to the partition's outbox stream in the same atomic step as the 
 * ``cancel`` -> arq abort of the task's current job (queued or running): the handler gets
   ``CancelledError`` within one worker poll delay.
 
+Two ways in. A relay hosted in the orchestrator (``fed=True``) is handed the entries by the commits
+themselves: the ledger's apply reads its new outbox entries for the relay's consumer in the same
+atomic step (``ApplyCall.relay``) and the orchestrator passes them to :meth:`Dispatcher.deliver`, so
+the relay has no blocking read of its own (that read cost a round trip, a wake-up and a re-armed
+``XREADGROUP`` per entry). It still reads, without blocking: its own pending entries when it starts
+or after an error, and every ``block_ms`` any entry no commit handed over (one written before the
+group existed, or by a process that does not host this relay). Entries of one conversation reach it
+in commit order (the orchestrator commits a conversation's turns one after the other). A standalone
+relay (``sraq dispatcher``) reads with a blocking ``XREADGROUP``.
+
 Exactly once, by construction: an entry is XACKed only with or after its effect (a start's enqueue and
 its acknowledgement are one atomic step), so a relay that dies between the ledger commit and the
 enqueue leaves the entry unread or pending; the next relay (or the same consumer after a restart, or
@@ -22,160 +32,47 @@ makes the second enqueue a no-op. Runs in ``sraq dispatcher``
 or inside the orchestrator process for the partitions it owns (:meth:`Dispatcher.set_partitions`).
 
 Cost: the relay's CPU is mostly Redis round trips (tens of microseconds of client CPU each), so each
-kind uses as few as its ordering allows: the acknowledgement rides in the entry's last write (a script
-or a pipeline), reads that do not depend on each other share a pipeline, and each partition loop
-holds one connection for its own commands. A start takes one round trip: a script that skips a task
-the ledger has closed, clears a stale abort marker, enqueues as arq's ``enqueue_job`` does, records
-the dispatch and acknowledges (``enqueue_and_record``; five before, arq's enqueue alone being three:
-0.31–0.41 ms of relay CPU per start; with two round trips 0.20–0.24 ms; now 0.13 ms, on the 2-vCPU
-dev box). An update to an
-active job and a cancel take one each: a script reads the current job, decides its activeness as
-arq's ``Job.status`` does (``JOB_ACTIVE_LUA``) and writes and acknowledges in the same step (three
-each before: about 0.25–0.35 ms of relay CPU per entry, now 0.06–0.13 ms; see ``docs/workers.md``,
-"Round trips per entry").
+kind uses as few as its ordering allows (:mod:`workers.outbox_effects`), and each partition loop
+holds one connection for its own commands.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ledger import Keys, Ledger
-from ledger.models import OutboxEntry, OutboxKind
-from workers.context import update_fields
-from workers.queue import (
-    JOB_ACTIVE_LUA,
-    Enqueued,
-    abort_score,
-    enqueue_and_record,
-    job_id,
-    job_key_prefixes,
-)
+from ledger import Keys, Ledger, OutboxRecord, Relay
+from workers.outbox_effects import GROUP, MalformedEntry, OutboxConn, OutboxEffects, parse_entry
+
+__all__ = ["GROUP", "Dispatcher", "MalformedEntry", "parse_entry"]
 
 log = structlog.get_logger("sraq.workers.dispatcher")
 
-GROUP = "dispatcher"
-#: Why these two scripts build keys from ARGV: they decide on the task's *current* job, whose id
-#: lives in Redis (the run hash's ``job`` field), and reading it first would cost a round trip of its
-#: own. So the script reads the id and appends it to arq's key prefixes (passed in, from
-#: ``arq.constants``). Fine on the standalone Redis arq needs anyway (its keys are global, its enqueue
-#: transaction spans the job key and the queue); every other key is in KEYS.
-#:
-#: An update in one step: look at the current job in the same atomic step as the delivery (a running
-#: handler that read the update and finished at once must not make its job look "not running": no
-#: spurious re-dispatch), deliver the update to the task's update stream under the outbox entry's id
-#: (a redelivered entry is not delivered twice), and acknowledge the entry only if the job is active:
-#: a queued job reads the update when it starts, a running one now. Otherwise the entry stays pending
-#: for the re-dispatch that follows in Python (the new job reads the delivered update from the stream).
-#: KEYS: task run hash, task update stream, outbox, arq queue.
-#: ARGV: entry id, group, result key prefix, in-progress key prefix, field, value, ...
-#: Returns {job id ("" when the task has none), 1 if active else 0, outcome}; the outcome is
-#: "delivered", "duplicate" (this id is there already) or "late" (a later entry got there first, e.g.
-#: claimed out of order: delivered under a new id).
-_UPDATE_LUA = (
-    JOB_ACTIVE_LUA
-    + """
-local jid = redis.call('HGET', KEYS[1], 'job')
-local active = jid and job_active(jid, KEYS[4], ARGV[3], ARGV[4])
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local outcome = 'delivered'
-local added = redis.pcall('XADD', KEYS[2], ARGV[1], unpack(fields))
-if type(added) == 'table' and added.err then
-  if not string.find(added.err, 'equal or smaller', 1, true) then
-    return redis.error_reply(added.err)
-  end
-  if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) > 0 then
-    outcome = 'duplicate'
-  else
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
-    outcome = 'late'
-  end
-end
-if active then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
-end
-return {jid or '', active and 1 or 0, outcome}
-"""
-)
-#: A cancel in one step: the task's current job (else ARGV[1], the job of the entry's attempt: a cancel
-#: that overtook its start), arq's abort marker for it only if it is active (a marker for a finished
-#: job would never be removed and would abort the next job with that id, arq#485), the expiry of the
-#: closed task's update stream and run record (they go with the job results), and the acknowledgement.
-#: KEYS: task run hash, task update stream, outbox, arq queue, arq abort set.
-#: ARGV: fallback job id, group, entry id, result key prefix, in-progress key prefix, marker score
-#: (the client's time in ms, as ``Job.abort`` scores it), expiry in seconds.
-#: Returns 1 if the job was active (marked), else 0.
-_CANCEL_LUA = (
-    JOB_ACTIVE_LUA
-    + """
-local jid = redis.call('HGET', KEYS[1], 'job')
-if not jid or jid == '' then jid = ARGV[1] end
-local active = job_active(jid, KEYS[4], ARGV[4], ARGV[5])
-if active then
-  redis.call('ZADD', KEYS[5], ARGV[6], jid)
-end
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
-if active then return 1 end
-return 0
-"""
-)
-_ENQUEUED_STAT = {
-    Enqueued.CREATED: "enqueued",
-    Enqueued.DUPLICATE: "duplicates",
-    Enqueued.TASK_CLOSED: "skipped_closed",
-}
-_DELIVERED_STAT = {"delivered": "updates", "late": "updates", "duplicate": "duplicate_updates"}
 
+@dataclass(slots=True)
+class _Inbox:
+    """The entries commits handed to one partition's fed relay loop, in the order they came."""
 
-class MalformedEntry(ValueError):
-    pass
+    entries: deque[OutboxRecord] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def put(self, entries: Iterable[OutboxRecord]) -> None:
+        self.entries.extend(entries)
+        self.ready.set()
 
-@dataclass(frozen=True, slots=True)
-class _Outbox:
-    """One partition's relay loop: its outbox stream and the connection it holds while it runs.
-
-    The loop's own commands (reads, acknowledgements, scripts) go over that connection, skipping the
-    pool's per-command checkout (a lock and a health check: ~14 µs of CPU per command); pipelines
-    and arq's calls still take pooled connections.
-    """
-
-    partition: int
-    stream: str
-    conn: Redis
-    #: the ledger's reads over that connection
-    ledger: Ledger
-
-
-def parse_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> OutboxEntry:
-    """Decode one outbox stream entry written by ``ledger/lua/apply.lua``."""
-    try:
-        text = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
-        return OutboxEntry(
-            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-            kind=OutboxKind(text["kind"]),
-            conversation_id=text["conv"],
-            task_id=text["task"],
-            attempt=int(text.get("attempt") or 1),
-            text=text.get("text", ""),
-            turn_id=text.get("turn", ""),
-            ledger_version=int(text.get("lv") or 0),
-        )
-    except (KeyError, ValueError, UnicodeDecodeError, msgspec.ValidationError) as exc:
-        raise MalformedEntry(f"{type(exc).__name__}: {exc}") from None
+    def take(self) -> list[OutboxRecord]:
+        out = list(self.entries)
+        self.entries.clear()
+        self.ready.clear()
+        return out
 
 
 class Dispatcher:
@@ -192,6 +89,7 @@ class Dispatcher:
         claim_idle_ms: int = 5000,
         grace_s: float = 2.0,
         keep_result_s: float = 86_400.0,
+        fed: bool = False,
     ) -> None:
         self.pool = pool
         self.keys = keys
@@ -201,11 +99,15 @@ class Dispatcher:
         self.grace_s = grace_s
         self.keep_result_s = keep_result_s
         self.stats: Counter[str] = Counter()
+        #: hosted: commits hand the entries over (:meth:`deliver`); no blocking read
+        self.fed = fed
+        #: the consumer commits read the outbox entries for, when this relay is fed
+        self.relay = Relay(GROUP, consumer)
+        self._inboxes: dict[int, _Inbox] = {}
         self._wanted = set(range(keys.partitions) if partitions is None else partitions)
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._update_script = pool.register_script(_UPDATE_LUA)
-        self._cancel_script = pool.register_script(_CANCEL_LUA)
+        self.effects = OutboxEffects(pool, keys, self.stats, keep_result_s=keep_result_s)
         self._started = False
         #: set when a relay loop died of an unexpected error (``error`` says which); hosts should stop
         self.failed = asyncio.Event()
@@ -214,6 +116,17 @@ class Dispatcher:
     @property
     def partitions(self) -> set[int]:
         return set(self._loops)
+
+    def deliver(self, partition: int, entries: list[OutboxRecord]) -> None:
+        """Entries a commit read for this relay (``ApplyResult.delivered``), for ``partition``'s loop.
+
+        Without a running loop for the partition they are left where they are: in this consumer's
+        pending list, which a starting loop reads first (or another relay claims once idle).
+        """
+        inbox = self._inboxes.get(partition)
+        if inbox is not None:
+            inbox.put(entries)
+            self.stats["fed"] += len(entries)
 
     async def start(self) -> None:
         """Create the consumer groups and start one relay loop per partition."""
@@ -235,6 +148,8 @@ class Dispatcher:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: exists already
                 await self.pool.xgroup_create(outbox, GROUP, id="0", mkstream=True)
             stopping = asyncio.Event()
+            if self.fed:
+                self._inboxes[p] = _Inbox()
             task = asyncio.create_task(self._run(p, stopping), name=f"dispatcher-p{p}")
             task.add_done_callback(self._loop_done)
             self._loops[p] = (task, stopping)
@@ -256,6 +171,9 @@ class Dispatcher:
     def _retire(self, p: int) -> None:
         task, stopping = self._loops.pop(p)
         stopping.set()
+        inbox = self._inboxes.pop(p, None)
+        if inbox is not None:
+            inbox.ready.set()  # wakes the loop, which sees ``stopping``
         finisher = asyncio.create_task(self._finish(task), name=f"dispatcher-retire-p{p}")
         self._retiring.add(finisher)
         finisher.add_done_callback(self._retiring.discard)
@@ -271,13 +189,14 @@ class Dispatcher:
 
     async def _run(self, p: int, stopping: asyncio.Event) -> None:
         held = Redis(connection_pool=self.pool.connection_pool, single_connection_client=True)
-        ob = _Outbox(p, self.keys.partition(p).outbox, held, Ledger(held, self.keys))
+        ob = OutboxConn(p, self.keys.partition(p).outbox, held, Ledger(held, self.keys))
+        inbox = self._inboxes.get(p)
         try:
-            await self._relay(ob, stopping)
+            await (self._relay(ob, stopping) if inbox is None else self._relay_fed(ob, stopping, inbox))
         finally:
             await ob.conn.aclose()  # the held connection goes back to the pool
 
-    async def _relay(self, ob: _Outbox, stopping: asyncio.Event) -> None:
+    async def _relay(self, ob: OutboxConn, stopping: asyncio.Event) -> None:
         backoff = 0.05
         last_id = "0"  # first our own pending entries (a restart with the same consumer name) ...
         claim_due = 0.0
@@ -299,16 +218,75 @@ class Dispatcher:
                         break
                 backoff = 0.05
             except (RedisError, OSError) as exc:
-                log.warning("dispatcher_redis_error", partition=ob.partition, error=str(exc), retry_in=backoff)
-                self.stats["redis_errors"] += 1
-                await asyncio.sleep(backoff)
-                if "NOGROUP" in str(exc):  # the stream or group vanished (e.g. Redis restarted without data)
-                    with contextlib.suppress(RedisError, OSError):
-                        await ob.conn.xgroup_create(ob.stream, GROUP, id="0", mkstream=True)
-                backoff = min(backoff * 2, 2.0)
+                backoff = await self._recover(ob, exc, backoff)
                 last_id = "0"  # whatever we held is still pending: go through it again
 
-    async def _trim(self, ob: _Outbox) -> None:
+    async def _relay_fed(self, ob: OutboxConn, stopping: asyncio.Event, inbox: _Inbox) -> None:
+        """The loop of a fed relay: the entries commits hand over, and non-blocking reads for the rest."""
+        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        claim_due = poll_due = 0.0
+        rescan = True
+        scanned: set[bytes] = set()
+        while not stopping.is_set():
+            try:
+                now = loop.time()
+                if now >= claim_due:  # entries of relays that died holding them
+                    claim_due = now + self.claim_idle_ms / 2000
+                    await self._claim(ob)
+                    await self._trim(ob)
+                if rescan:
+                    # what the inbox holds is in our pending list too: read it there, in stream order;
+                    # a commit that raced this read may hand some of it over again (``scanned``)
+                    inbox.take()
+                    scanned = await self._read_through(ob, "0", stopping)
+                    rescan = False
+                if now >= poll_due:  # entries no commit handed over
+                    poll_due = now + self.block_ms / 1000
+                    await self._read_through(ob, ">", stopping)
+                if not inbox.entries:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, min(poll_due, claim_due) - loop.time())):
+                            await inbox.ready.wait()
+                for entry_id, fields in inbox.take():
+                    if stopping.is_set():
+                        break  # the rest stays pending: the next owner of the partition claims it
+                    if entry_id not in scanned:
+                        await self._handle(ob, entry_id, fields)
+                backoff = 0.05
+            except (RedisError, OSError) as exc:
+                backoff = await self._recover(ob, exc, backoff)
+                rescan = True  # whatever we held is still pending: go through it again
+
+    async def _read_through(self, ob: OutboxConn, start: str, stopping: asyncio.Event) -> set[bytes]:
+        """Read without blocking and handle until nothing is left: our pending entries (``start`` "0")
+        or entries no consumer has read (">"). Returns the ids handled."""
+        handled: set[bytes] = set()
+        last = start
+        while not stopping.is_set():
+            self.stats["polls"] += 1
+            reply = await ob.conn.xreadgroup(GROUP, self.consumer, {ob.stream: last}, count=100)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                handled.add(entry_id)
+                await self._handle(ob, entry_id, fields)
+            if last != ">":
+                last = entries[-1][0]  # the pending list: go on after the last one
+        return handled
+
+    async def _recover(self, ob: OutboxConn, exc: BaseException, backoff: float) -> float:
+        """After a Redis error: log, wait ``backoff``, recreate a vanished group; returns the next backoff."""
+        log.warning("dispatcher_redis_error", partition=ob.partition, error=str(exc), retry_in=backoff)
+        self.stats["redis_errors"] += 1
+        await asyncio.sleep(backoff)
+        if "NOGROUP" in str(exc):  # the stream or group vanished (e.g. Redis restarted without data)
+            with contextlib.suppress(RedisError, OSError):
+                await ob.conn.xgroup_create(ob.stream, GROUP, id="0", mkstream=True)
+        return min(backoff * 2, 2.0)
+
+    async def _trim(self, ob: OutboxConn) -> None:
         """Drop outbox entries every relay is done with (acknowledged), so the stream stays small.
 
         Safe bound: the oldest pending entry of the group, else its last-delivered id; everything
@@ -326,7 +304,7 @@ class Dispatcher:
             trimmed = await ob.conn.xtrim(ob.stream, minid=bound, approximate=True)
             self.stats["trimmed"] += int(trimmed or 0)
 
-    async def _claim(self, ob: _Outbox) -> None:
+    async def _claim(self, ob: OutboxConn) -> None:
         start = "0-0"
         while True:
             reply = await ob.conn.xautoclaim(ob.stream, GROUP, self.consumer, self.claim_idle_ms, start, count=100)
@@ -340,7 +318,7 @@ class Dispatcher:
             if start in (b"0-0", "0-0"):
                 return
 
-    async def _handle(self, ob: _Outbox, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _handle(self, ob: OutboxConn, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
             entry = parse_entry(entry_id, fields)
         except MalformedEntry as exc:
@@ -350,73 +328,4 @@ class Dispatcher:
             log.error("dispatcher_malformed_entry", partition=ob.partition, entry=entry_id.decode(), error=str(exc))
             self.stats["malformed"] += 1
             return
-        # Each kind acknowledges the entry itself, only once arq accepted the call (or it was a no-op),
-        # mostly inside its last write: a crash before that redelivers the entry.
-        match entry.kind:
-            case OutboxKind.START:
-                await self._start(entry, ob)
-            case OutboxKind.UPDATE:
-                await self._update(entry, ob)
-            case OutboxKind.CANCEL:
-                await self._cancel(entry, ob)
-
-    # ------------------------------------------------------------------ kinds
-
-    async def _dispatch(
-        self, entry: OutboxEntry, ob: _Outbox, dispatch: int, explanation: str, *, only_if_open: bool
-    ) -> None:
-        """Enqueue one dispatch of the task, record it and acknowledge the entry: one atomic step."""
-        done = await enqueue_and_record(
-            self.pool,
-            self.keys,
-            entry.conversation_id,
-            entry.task_id,
-            dispatch,
-            explanation,
-            outbox=ob.stream,
-            group=GROUP,
-            entry_id=entry.entry_id,
-            only_if_open=only_if_open,
-            client=ob.conn,
-        )
-        self.stats[_ENQUEUED_STAT[done]] += 1
-        log.debug("dispatched", job=job_id(self.keys, entry.conversation_id, entry.task_id, dispatch), outcome=done)
-
-    async def _start(self, entry: OutboxEntry, ob: _Outbox) -> None:
-        # one round trip: skipped (and acknowledged) when the ledger closed the task before we got here
-        await self._dispatch(entry, ob, entry.attempt, entry.text, only_if_open=True)
-
-    async def _update(self, entry: OutboxEntry, ob: _Outbox) -> None:
-        tk = self.keys.task(entry.conversation_id, entry.task_id)
-        fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
-        flat = [str(v) for kv in fields.items() for v in kv]
-        # one round trip: the job's state, the delivery, and (for an active job) the acknowledgement
-        raw_jid, active, outcome = await self._update_script(
-            keys=[tk.run, tk.updates, ob.stream, self.keys.queue],
-            args=[entry.entry_id, GROUP, *job_key_prefixes(), *flat],
-            client=ob.conn,
-        )
-        self.stats[_DELIVERED_STAT[outcome.decode()]] += 1
-        if active:
-            return
-        jid = raw_jid.decode() or None
-        task = await ob.ledger.task(entry.conversation_id, entry.task_id)
-        if task is None or not task.is_open:
-            await ob.conn.xack(ob.stream, GROUP, entry.entry_id)
-            return
-        run: int = await ob.conn.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
-        self.stats["redispatched"] += 1
-        log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)
-        await self._dispatch(entry, ob, run, task.summary, only_if_open=False)  # just read: open
-
-    async def _cancel(self, entry: OutboxEntry, ob: _Outbox) -> None:
-        tk = self.keys.task(entry.conversation_id, entry.task_id)
-        fallback = job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
-        # one round trip: the job's state, the marker (only for a job that will still run), the expiries
-        # and the acknowledgement
-        active = await self._cancel_script(
-            keys=[tk.run, tk.updates, ob.stream, self.keys.queue, abort_jobs_ss],
-            args=[fallback, GROUP, entry.entry_id, *job_key_prefixes(), abort_score(), max(1, int(self.keep_result_s))],
-            client=ob.conn,
-        )
-        self.stats["aborted" if active else "cancel_no_job"] += 1
+        await self.effects.apply(entry, ob)

@@ -2,9 +2,10 @@
 -- KEYS: 1 meta, 2 tasks, 3 transcript, 4 audit, 5 applied, 6 results, 7 outbox,
 --       8 lease, 9 turns stream, 10 decisions stream, 11 conversations set
 -- ARGV[1]: JSON request (see ledger/store.py: _ApplyRequest)
--- Returns an array: {"ok", version, created_csv, touched_csv, duplicate, now_ms, task_json...}
+-- Returns an array: {"ok", version, created_csv, touched_csv, duplicate, now_ms, delivered, task_json...}
 -- (task_json: the new state of every task this apply wrote, so the caller can keep its copy of the
--- ledger current without reading it back; a duplicate returns no time and no tasks) or an error tuple
+-- ledger current without reading it back; delivered: the outbox entries read for req.relay, as
+-- XREADGROUP returns them; a duplicate returns no time, no entries and no tasks) or an error tuple
 -- {"conflict", current} | {"unknown", task} | {"closed", task, status} |
 -- {"stale", task, attempt, current} | {"lease"} | {"invalid", message}.
 -- Every check runs before the first write, so a rejected apply changes nothing.
@@ -186,6 +187,19 @@ for _, o in ipairs(outbox) do
     'attempt', o[3], 'text', o[4], 'turn', req.turn, 'lv', version)
 end
 
+-- hand the new entries to the relay of the committing process (its consumer reads them here, so they
+-- are in its pending list as if its own XREADGROUP had read them): the relay then needs no blocking
+-- read, no wake-up and no round trip of its own per entry. pcall: without the group (not created
+-- yet) nothing is read and the commit stands; the relay's own reads find the entries later.
+local delivered = {}
+if #outbox > 0 and present(req.relay) then
+  local got = redis.pcall('XREADGROUP', 'GROUP', req.relay.group, req.relay.consumer, 'COUNT', 1000,
+    'STREAMS', KEYS[7], '>')
+  if type(got) == 'table' and got.err == nil and got[1] then
+    delivered = got[1][2]
+  end
+end
+
 if req.messages ~= nil and req.messages ~= NULL and #req.messages > 0 then
   for _, m in ipairs(req.messages) do
     m.at = now
@@ -219,4 +233,4 @@ if present(req.event) then
 end
 
 ack_turn()
-return {'ok', version, created_csv, touched_csv, 0, now, unpack(written)}
+return {'ok', version, created_csv, touched_csv, 0, now, delivered, unpack(written)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from ledger.errors import (
     InvalidOp,
@@ -35,6 +34,7 @@ from ledger.models import (
     Relay,
     Task,
 )
+from ledger.resp import exchange, pack_evalsha
 
 #: At least this many applied turn ids are remembered per conversation ...
 APPLIED_KEEP = 10_000
@@ -263,7 +263,7 @@ class Ledger:
         Returns one reply per call, a ``ResponseError`` instance in place of a failed call's reply.
         """
         for attempt in range(2):
-            packed = b"".join(_pack_evalsha(sha, keys, args) for sha, keys, args in calls)
+            packed = b"".join(pack_evalsha(sha, keys, args) for sha, keys, args in calls)
             replies = await self._send(packed, len(calls))
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 await self.redis.script_load(body)  # Redis restarted or flushed its script cache
@@ -272,12 +272,8 @@ class Ledger:
         return replies  # pragma: no cover - the loop always returns
 
     async def _send(self, packed: bytes, count: int) -> list[Any]:
-        """Write ``count`` packed commands on one pooled connection and read their replies.
-
-        What redis-py's pipeline does, minus its per-command bookkeeping (argument encoding, callback
-        lookup, retry wrappers), which cost more than Redis itself on this path. A connection whose
-        replies were not all read (error, cancellation) is closed, never reused half-read.
-        """
+        """Write ``count`` packed commands on one pooled connection and read their replies
+        (:func:`ledger.resp.exchange`: what redis-py's pipeline does, minus its per-command bookkeeping)."""
         pool = self.redis.connection_pool
         # Not ``pool.get_connection()``: besides connecting, it probes every connection for unread data
         # (a non-blocking read under a timeout: ~15 µs here, once per commit at a steady rate). This
@@ -288,17 +284,7 @@ class Ledger:
         try:
             if not conn.is_connected:
                 await conn.connect()
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
+            return await exchange(conn, packed, count)
         finally:
             await pool.release(conn)
 
@@ -332,21 +318,6 @@ class Ledger:
         ck = self.keys.conversation(conversation_id)
         exists: bool = await self.redis.hexists(ck.results, turn_id)  # type: ignore[misc]
         return exists
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-@functools.lru_cache(maxsize=65536)
-def _evalsha_head(sha: str, keys: tuple[str, ...], nargs: int) -> bytes:
-    """The RESP encoding of ``EVALSHA sha numkeys key...`` (the same for every turn of a conversation)."""
-    head = [b"*%d\r\n" % (3 + len(keys) + nargs), _bulk(b"EVALSHA"), _bulk(sha.encode()), _bulk(b"%d" % len(keys))]
-    return b"".join(head + [_bulk(k.encode("utf-8")) for k in keys])
-
-
-def _pack_evalsha(sha: str, keys: list[str], args: list[bytes]) -> bytes:
-    return _evalsha_head(sha, tuple(keys), len(args)) + b"".join(_bulk(a) for a in args)
 
 
 def _result(reply: list[Any], reject: _Reject) -> ApplyResult:

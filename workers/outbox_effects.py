@@ -11,6 +11,7 @@ trips per entry"). The loops that read the entries are in :mod:`workers.dispatch
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 
 from ledger import Keys, Ledger
 from ledger.models import OutboxEntry, OutboxKind
+from ledger.resp import evalsha
 from workers.context import update_fields
 from workers.queue import (
     JOB_ACTIVE_LUA,
@@ -104,6 +106,8 @@ if active then return 1 end
 return 0
 """
 )
+_UPDATE_SHA = hashlib.sha1(_UPDATE_LUA.encode()).hexdigest()
+_CANCEL_SHA = hashlib.sha1(_CANCEL_LUA.encode()).hexdigest()
 _ENQUEUED_STAT = {
     Enqueued.CREATED: "enqueued",
     Enqueued.DUPLICATE: "duplicates",
@@ -155,8 +159,6 @@ class OutboxEffects:
         self.keys = keys
         self.stats = stats
         self.keep_result_s = keep_result_s
-        self._update_script = pool.register_script(_UPDATE_LUA)
-        self._cancel_script = pool.register_script(_CANCEL_LUA)
 
     async def apply(self, entry: OutboxEntry, ob: OutboxConn) -> None:
         """Relay one entry. Each kind acknowledges it itself, only once arq accepted the call (or it
@@ -199,11 +201,10 @@ class OutboxEffects:
         fields = update_fields(entry.text, entry.turn_id, entry.ledger_version)
         flat = [str(v) for kv in fields.items() for v in kv]
         # one round trip: the job's state, the delivery, and (for an active job) the acknowledgement
-        raw_jid, active, outcome = await self._update_script(
-            keys=[tk.run, tk.updates, ob.stream, self.keys.queue],
-            args=[entry.entry_id, GROUP, *job_key_prefixes(), *flat],
-            client=ob.conn,
-        )
+        raw_jid, active, outcome = await evalsha(
+            ob.conn, _UPDATE_SHA, _UPDATE_LUA, [tk.run, tk.updates, ob.stream, self.keys.queue],
+            [entry.entry_id, GROUP, *job_key_prefixes(), *flat],
+        )  # fmt: skip
         self.stats[_DELIVERED_STAT[outcome.decode()]] += 1
         if active:
             return
@@ -222,9 +223,8 @@ class OutboxEffects:
         fallback = job_id(self.keys, entry.conversation_id, entry.task_id, entry.attempt)
         # one round trip: the job's state, the marker (only for a job that will still run), the expiries
         # and the acknowledgement
-        active = await self._cancel_script(
-            keys=[tk.run, tk.updates, ob.stream, self.keys.queue, abort_jobs_ss],
-            args=[fallback, GROUP, entry.entry_id, *job_key_prefixes(), abort_score(), max(1, int(self.keep_result_s))],
-            client=ob.conn,
-        )
+        active = await evalsha(
+            ob.conn, _CANCEL_SHA, _CANCEL_LUA, [tk.run, tk.updates, ob.stream, self.keys.queue, abort_jobs_ss],
+            [fallback, GROUP, entry.entry_id, *job_key_prefixes(), abort_score(), max(1, int(self.keep_result_s))],
+        )  # fmt: skip
         self.stats["aborted" if active else "cancel_no_job"] += 1

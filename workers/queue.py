@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError
 
 from ledger import Keys, TaskStatus
 from ledger.keys import glob_escape
+from ledger.resp import evalsha
 
 #: arq function name of the task runner (workers/runner.py)
 RUN_TASK = "run_task"
@@ -242,12 +243,16 @@ async def enqueue_and_record(
         task_id if only_if_open else "",
         *_OPEN_STATUSES,
     )
-    conn = pool if client is None else client
-    try:
-        done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
-    except NoScriptError:  # a restarted or different server: load it once, as redis-py's Script does
-        await conn.script_load(ENQUEUE_AND_RECORD_LUA)
-        done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
+    if client is not None and client.single_connection_client:  # the relay's held connection
+        sha, body = _ENQUEUE_AND_RECORD_SHA, ENQUEUE_AND_RECORD_LUA
+        done = await evalsha(client, sha, body, keys_and_args[:7], keys_and_args[7:])
+    else:
+        conn = pool if client is None else client
+        try:
+            done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
+        except NoScriptError:  # a restarted or different server: load it once, as redis-py's Script does
+            await conn.script_load(ENQUEUE_AND_RECORD_LUA)
+            done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
     return _ENQUEUED[int(done)]
 
 

@@ -76,11 +76,22 @@ class _ApplyRequest(msgspec.Struct, omit_defaults=True):
     applied_ttl_ms: int
     decisions_max: int
     decision: DecisionMeta | None = None
-    messages: Sequence[Message] = ()
     token: str = ""
     ack: dict[str, str] | None = None
-    event: str = ""
     relay: Relay | None = None
+
+
+class _UnstampedMessage(msgspec.Struct):
+    """A transcript message as the apply script receives it: a JSON object it closes with its ``at``."""
+
+    role: str
+    content: str
+    turn_id: str
+    task_id: str | None
+
+
+def _unstamped(message: Message) -> bytes:
+    return _encoder.encode(_UnstampedMessage(message.role, message.content, message.turn_id, message.task_id))
 
 
 _task_decoder = msgspec.json.Decoder(Task)
@@ -177,11 +188,12 @@ class Ledger:
             conversation_id, expected_version, turn_id, ops, decision=decision, messages=messages,
             fencing_token=fencing_token, ack=ack, event=event, relay=relay,
         )  # fmt: skip
-        keys, arg, reject = self._prepare(call)
-        reply = await self._apply_script(keys=keys, args=[arg])
+        keys, args, reject = self._prepare(call)
+        reply = await self._apply_script(keys=keys, args=args)
         return _result(reply, reject)
 
-    def _prepare(self, call: ApplyCall) -> tuple[list[str], bytes, _Reject]:
+    def _prepare(self, call: ApplyCall) -> tuple[list[str], list[bytes], _Reject]:
+        """The script's keys and arguments (request, event, messages: see ledger/lua/apply.lua)."""
         if not call.turn_id:
             raise InvalidOp("turn_id is required")
         if not call.ops:
@@ -200,14 +212,14 @@ class Ledger:
             applied_ttl_ms=APPLIED_TTL_MS,
             decisions_max=DECISIONS_MAX,
             decision=call.decision,
-            messages=call.messages,
             token=call.fencing_token or "",
             ack={"group": ack.group, "id": ack.entry_id} if ack else None,
-            event=_encoder.encode(call.event).decode("utf-8") if call.event else "",
             relay=call.relay,
         )
         reject = _Reject(call.conversation_id, request.expected, ck.partition)
-        return self._script_keys(ck), _encoder.encode(request), reject
+        args = [_encoder.encode(request), _encoder.encode(call.event) if call.event else b""]
+        args += [_unstamped(m) for m in call.messages]
+        return self._script_keys(ck), args, reject
 
     async def apply_many(self, calls: Sequence[ApplyCall]) -> list[ApplyResult | Exception]:
         """Several independent applies in one pipelined round trip (each atomic on its own).
@@ -215,7 +227,7 @@ class Ledger:
         Returns, per call, its result or the exception :meth:`apply` would have raised (a
         :class:`LedgerError`, or a Redis error). Connection failures raise for the whole batch.
         """
-        prepared: list[tuple[list[str], bytes, _Reject] | Exception] = []
+        prepared: list[tuple[list[str], list[bytes], _Reject] | Exception] = []
         for call in calls:
             try:
                 prepared.append(self._prepare(call))
@@ -223,7 +235,7 @@ class Ledger:
                 prepared.append(exc)
         sha = self._apply_script.sha
         replies = await self._pipelined(
-            [(sha, p[0], [p[1]]) for p in prepared if not isinstance(p, Exception)], _APPLY_LUA
+            [(sha, p[0], p[1]) for p in prepared if not isinstance(p, Exception)], _APPLY_LUA
         )
         out: list[ApplyResult | Exception] = []
         it = iter(replies)

@@ -206,6 +206,22 @@ async def test_outbox_entries_handed_to_the_relay_in_the_commit(ledger: Ledger, 
     assert (await redis.xinfo_groups(outbox))[0]["lag"] == 1  # the cancel waits for a relay's own read
 
 
+async def test_transcript_messages_round_trip_stamped_with_the_commit_time(ledger: Ledger) -> None:
+    """Messages go to the script as JSON objects it closes with ``at``: any content comes back as sent."""
+    tricky = 'quotes " \\ back\\slash, /slash, "at":0, {braces}, new\nline, ünïcødé ✓, \x00 nul'
+    sent = [
+        Message(role="user", content=tricky, turn_id="t0"),
+        Message(role="tool", content="", turn_id="t0.e", task_id="task-7"),
+        Message(role="assistant", content="}", turn_id="t0.reply"),
+    ]
+    result = await ledger.apply(CONV, 0, "t0", [NoteOp()], messages=sent)
+    got = (await ledger.snapshot(CONV)).transcript
+    assert got == [
+        Message(role=m.role, content=m.content, turn_id=m.turn_id, task_id=m.task_id, at=result.at) for m in sent
+    ]
+    assert result.at > 0
+
+
 async def test_transcript_is_capped(ledger: Ledger) -> None:
     for i in range(8):
         await ledger.apply(CONV, i, f"t{i}", [NoteOp()], messages=[Message(role="user", content=f"m{i}")])

@@ -1,7 +1,10 @@
 -- sraq ledger apply: one atomic step per turn.
 -- KEYS: 1 meta, 2 tasks, 3 transcript, 4 audit, 5 applied, 6 results, 7 outbox,
 --       8 lease, 9 turns stream, 10 decisions stream, 11 conversations set
--- ARGV[1]: JSON request (see ledger/store.py: _ApplyRequest)
+-- ARGV[1]: JSON request (see ledger/store.py: _ApplyRequest); ARGV[2]: the decision event's JSON, or '';
+-- ARGV[3..]: the transcript messages to append, each a JSON object without its "at" (added here).
+-- (Event and messages ride apart from the request: inside it they were strings cjson had to unescape,
+-- and objects it had to decode and encode again; now they are copied, or get one concatenation.)
 -- Returns an array: {"ok", version, created_csv, touched_csv, duplicate, now_ms, delivered, task_json...}
 -- (task_json: the new state of every task this apply wrote, so the caller can keep its copy of the
 -- ledger current without reading it back; delivered: the outbox entries read for req.relay, as
@@ -41,14 +44,16 @@ if earlier then
 end
 
 -- 3. compare-and-set on the ledger version
-local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local meta = redis.call('HMGET', KEYS[1], 'version', 'next_task', 'applied_turns')
+local version = tonumber(meta[1] or '0')
 if req.expected >= 0 and req.expected ~= version then
   return {'conflict', version}
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local next_task = tonumber(redis.call('HGET', KEYS[1], 'next_task') or '1')
+local next_task = tonumber(meta[2] or '1')
+local applied_turns = tonumber(meta[3] or '0') + 1
 
 -- 4. apply every op in memory first
 local tasks = {}      -- id -> task table (current in-memory state)
@@ -147,10 +152,11 @@ for _, op in ipairs(req.ops) do
 end
 
 -- 5. every check passed: write
+if version == 0 then
+  redis.call('SADD', KEYS[11], req.conv)  -- a new conversation (members are never removed)
+end
 version = version + 1
-redis.call('HSET', KEYS[1], 'version', version, 'next_task', next_task)
-redis.call('HINCRBY', KEYS[1], 'applied_turns', 1)
-redis.call('SADD', KEYS[11], req.conv)
+redis.call('HSET', KEYS[1], 'version', version, 'next_task', next_task, 'applied_turns', applied_turns)
 
 local after_json = {}
 local written = {}
@@ -200,12 +206,15 @@ if #outbox > 0 and present(req.relay) then
   end
 end
 
-if req.messages ~= nil and req.messages ~= NULL and #req.messages > 0 then
-  for _, m in ipairs(req.messages) do
-    m.at = now
-    redis.call('RPUSH', KEYS[3], cjson.encode(m))
+if #ARGV > 2 then
+  local stamped = {}
+  local at = ',"at":' .. now .. '}'
+  for i = 3, #ARGV do
+    stamped[#stamped + 1] = string.sub(ARGV[i], 1, -2) .. at
   end
-  redis.call('LTRIM', KEYS[3], -req.transcript_max, -1)
+  if redis.call('RPUSH', KEYS[3], unpack(stamped)) > req.transcript_max then
+    redis.call('LTRIM', KEYS[3], -req.transcript_max, -1)
+  end
 end
 
 -- applied-turn record, bounded: keep every turn younger than ttl OR among the newest keep
@@ -213,7 +222,9 @@ local created_csv = table.concat(created, ',')
 local touched_csv = table.concat(touched, ',')
 redis.call('ZADD', KEYS[5], now, req.turn)
 redis.call('HSET', KEYS[6], req.turn, version .. '|' .. created_csv .. '|' .. touched_csv)
-local n = redis.call('ZCARD', KEYS[5])
+-- the record never holds more turns than were applied: no need to count it before there were as many
+local n = 0
+if applied_turns > req.applied_keep then n = redis.call('ZCARD', KEYS[5]) end
 if n > req.applied_keep then
   -- candidates: the oldest turn ids beyond the newest `applied_keep`, at most 256 per apply
   local last = math.min(n - req.applied_keep, 256) - 1
@@ -228,8 +239,8 @@ if n > req.applied_keep then
   end
 end
 
-if present(req.event) then
-  redis.call('XADD', KEYS[10], 'MAXLEN', '~', req.decisions_max, '*', 'data', req.event, 'lv', version)
+if ARGV[2] ~= '' then
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', req.decisions_max, '*', 'data', ARGV[2], 'lv', version)
 end
 
 ack_turn()

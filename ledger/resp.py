@@ -36,6 +36,16 @@ def _encode(value: Arg) -> bytes:
     return b"%d" % value
 
 
+def pack_bulk(value: Arg) -> bytes:
+    """One argument as a RESP bulk string (to append to a :func:`pack_command_head`)."""
+    return _bulk(_encode(value))
+
+
+def pack_command_head(parts: Sequence[Arg], *, nargs: int) -> bytes:
+    """The RESP of a command's first ``parts``, announcing ``nargs`` more arguments to follow."""
+    return b"*%d\r\n" % (len(parts) + nargs) + b"".join(_bulk(_encode(p)) for p in parts)
+
+
 @functools.lru_cache(maxsize=65536)
 def _evalsha_head(sha: str, keys: tuple[str, ...], nargs: int) -> bytes:
     """``EVALSHA sha numkeys key...`` as RESP (the same for every turn of a conversation: cached)."""

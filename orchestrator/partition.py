@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import Keys, LeaseLost
+from ledger.resp import pack_bulk, pack_command_head, pack_evalsha
 from ledger.turns import InvalidTurn, Turn, decode_entry, encode_turn
 from orchestrator.lanes import Capacity, Lanes
 from orchestrator.membership import Lease
@@ -133,6 +134,11 @@ class PartitionWorker:
         self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._read_script = redis.register_script(_FENCED_READ)
+        # _wait_then_read's two commands, packed once: only the id to wait after and the count vary
+        self._wait_prefix = pack_command_head(
+            ["XREAD", "COUNT", 1, "BLOCK", read_block_ms, "STREAMS", self.pk.turns], nargs=1
+        )
+        self._fenced_reads: dict[int, bytes] = {}
         self._stop = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.lost = False  # set when the lease is gone: no further commit may be attempted
@@ -252,6 +258,16 @@ class PartitionWorker:
         )
         return self._unfenced(reply)
 
+    def _fenced_read(self, count: int) -> bytes:
+        """The fenced ``XREADGROUP`` of up to ``count`` entries as RESP (one per count, kept)."""
+        packed = self._fenced_reads.get(count)
+        if packed is None:
+            args: list[str | int] = [self.lease.token, GROUP, self.consumer, count, READ, "0-0"]
+            packed = self._fenced_reads[count] = pack_evalsha(
+                self._read_script.sha, [self.pk.lease, self.pk.turns], args
+            )
+        return packed
+
     def _unfenced(self, reply: list[Any]) -> Any:
         if _text(reply[0]) == "lease":
             raise LeaseLost(self.partition)
@@ -274,17 +290,14 @@ class PartitionWorker:
         Both replies are always read (a reply left unread would be taken for the next command's); a
         connection error or a cancellation drops the connection, as redis-py does.
         """
-        await self.reader.initialize()  # the held connection: created on first use
         conn = self.reader.connection
-        assert conn is not None
-        packed = conn.pack_commands(
-            [
-                ("XREAD", "COUNT", 1, "BLOCK", self.read_block_ms, "STREAMS", self.pk.turns, after),
-                ("EVALSHA", self._read_script.sha, 2, self.pk.lease, self.pk.turns, self.lease.token, GROUP,
-                 self.consumer, count, READ, "0-0"),
-            ]
-        )  # fmt: skip
-        await conn.send_packed_command(packed, check_health=False)
+        if conn is None:
+            await self.reader.initialize()  # the held connection: created on first use
+            conn = self.reader.connection
+            assert conn is not None
+        await conn.send_packed_command(
+            self._wait_prefix + pack_bulk(after) + self._fenced_read(count), check_health=False
+        )
         replies: list[Any] = []
         for _ in range(2):
             try:

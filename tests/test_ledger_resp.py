@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
-from ledger.resp import evalsha, exchange, pack_evalsha
+from ledger.resp import evalsha, exchange, pack_bulk, pack_command_head, pack_evalsha
 
 ECHO = "return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]) + 1}"
 ECHO_SHA = hashlib.sha1(ECHO.encode()).hexdigest()
@@ -32,6 +32,13 @@ def test_packed_like_redis_py() -> None:
     want = b"".join(Connection().pack_command("EVALSHA", ECHO_SHA, 2, *keys, *args))
     assert pack_evalsha(ECHO_SHA, keys, args) == want
     assert pack_evalsha(ECHO_SHA, keys, args, cache_keys=False) == want
+
+
+def test_command_head_and_bulk_pack_like_redis_py() -> None:
+    """A head packed once plus its last argument packed per call: redis-py's bytes for the command."""
+    parts = ["XREAD", "COUNT", 1, "BLOCK", 500, "STREAMS", "p:{3}:turns"]
+    want = b"".join(Connection().pack_command(*parts, "1700000000000-12"))
+    assert pack_command_head(parts, nargs=1) + pack_bulk("1700000000000-12") == want
 
 
 async def test_evalsha_loads_the_script_once_and_returns_the_reply(held: Redis, prefix: str) -> None:

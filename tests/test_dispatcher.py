@@ -590,16 +590,28 @@ async def _polled(d: Dispatcher, times: int) -> bool:
     return d.stats["polls"] >= times
 
 
+def quiet_fed_relay(pool: ArqRedis, keys: Keys, partition: int) -> Dispatcher:
+    """A hosted relay of one partition whose own reads, after its start-up ones, are a minute away."""
+    return Dispatcher(
+        pool, keys, consumer="relay-a", partitions=[partition], block_ms=60_000, claim_idle_ms=60_000, fed=True
+    )
+
+
+async def started_quiet_fed_relay(pool: ArqRedis, keys: Keys, partition: int) -> Dispatcher:
+    """:func:`quiet_fed_relay`, started, once its start-up reads (own pending, then unread) are done."""
+    d = quiet_fed_relay(pool, keys, partition)
+    await d.start()
+    await wait_until(lambda: _polled(d, 2))
+    return d
+
+
 async def test_fed_relay_takes_its_entries_from_the_commits(
     redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
 ) -> None:
     """Hosted: each commit hands its entries over; the relay needs no read of its own for them."""
     p = keys.partition_of("c1")
-    d = Dispatcher(pool, keys, consumer="relay-a", partitions=[p], block_ms=60_000, claim_idle_ms=60_000, fed=True)
-    await d.start()
+    d = await started_quiet_fed_relay(pool, keys, p)
     try:
-        # its start-up reads (own pending, then unread) are done; the next poll is a minute away
-        await wait_until(lambda: _polled(d, 2))
         for v, op in enumerate([StartOp("a"), StartOp("b"), UpdateOp("task-2", "faster"), CancelOp("task-1", "no")]):
             result = await ledger.apply("c1", v, f"u{v}", [op], relay=d.relay)
             assert len(result.delivered) == 1
@@ -619,10 +631,25 @@ async def test_fed_relay_reads_what_was_handed_over_while_it_was_not_running(
     loop, the entry waits in the consumer's pending list, and the loop reads it there when it starts."""
     outbox = keys.partition(keys.partition_of("c1")).outbox
     await redis.xgroup_create(outbox, GROUP, id="0", mkstream=True)
-    d = Dispatcher(pool, keys, consumer="relay-a", block_ms=60_000, claim_idle_ms=60_000, fed=True)
+    d = quiet_fed_relay(pool, keys, keys.partition_of("c1"))
     result = await ledger.apply("c1", 0, "u1", [StartOp("a")], relay=d.relay)
     d.deliver(keys.partition_of("c1"), result.delivered)
     assert d.stats["fed"] == 0 and (await redis.xinfo_groups(outbox))[0]["pending"] == 1
     await run_until_settled(redis, keys, d)
     assert await queued(redis, keys) == [job_id(keys, "c1", "task-1", 1)]
     assert d.stats["enqueued"] == 1 and d.stats["duplicates"] == 0
+
+
+async def test_fed_relay_finishes_what_was_handed_over_when_stopped(
+    redis: Redis, ledger: Ledger, keys: Keys, pool: ArqRedis
+) -> None:
+    """Entries handed over just before ``stop()`` are relayed, not left for a claim seconds later."""
+    p = keys.partition_of("c1")
+    d = await started_quiet_fed_relay(pool, keys, p)
+    handed = []
+    for v in range(3):
+        handed += (await ledger.apply("c1", v, f"u{v}", [StartOp(f"job {v}")], relay=d.relay)).delivered
+    d.deliver(p, handed)
+    await d.stop()  # retires the loop at once: no step of it ran since the hand-over
+    assert d.stats["enqueued"] == 3
+    assert await settled(redis, keys, "c1")

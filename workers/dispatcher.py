@@ -248,15 +248,24 @@ class Dispatcher:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(0.0, min(poll_due, claim_due) - loop.time())):
                             await inbox.ready.wait()
-                for entry_id, fields in inbox.take():
-                    if stopping.is_set():
-                        break  # the rest stays pending: the next owner of the partition claims it
-                    if entry_id not in scanned:
-                        await self._handle(ob, entry_id, fields)
+                await self._handle_all(ob, inbox.take(), scanned)
                 backoff = 0.05
             except (RedisError, OSError) as exc:
                 backoff = await self._recover(ob, exc, backoff)
                 rescan = True  # whatever we held is still pending: go through it again
+        # stopping: what commits handed over is in hand, as a standalone relay's last batch is; it is
+        # finished (within the grace of ``stop``), not left for the next owner's claim seconds later
+        try:
+            await self._handle_all(ob, inbox.take(), scanned)
+        except (RedisError, OSError) as exc:  # left pending in our name: claimed once idle
+            log.warning("dispatcher_redis_error", partition=ob.partition, error=str(exc), stopping=True)
+            self.stats["redis_errors"] += 1
+
+    async def _handle_all(self, ob: OutboxConn, entries: list[OutboxRecord], done: set[bytes]) -> None:
+        """Handle handed-over entries in order, but those a read of our pending list handled (``done``)."""
+        for entry_id, fields in entries:
+            if entry_id not in done:
+                await self._handle(ob, entry_id, fields)
 
     async def _read_through(self, ob: OutboxConn, start: str, stopping: asyncio.Event) -> set[bytes]:
         """Read without blocking and handle until nothing is left: our pending entries (``start`` "0")

@@ -27,11 +27,13 @@ from intent.features import (
 from intent.text import (
     _TASK_ID,
     _TASK_ID_LOWER,
+    _TOKEN,
     clean_utterance,
     content_stems,
     ids_in_lowered,
     mentioned_ids,
     normalise,
+    scan_tokens,
     stems_of,
     tokens,
     trigram_set,
@@ -222,6 +224,26 @@ def test_clean_utterance_equals_its_definition() -> None:
     texts += [m.content for ex in load(DATA).examples for m in ex.transcript if m.role == "user"]
     for text in texts:
         assert clean_utterance(text) == _clean_utterance_definition(text), text
+
+
+#: Pieces of text around what the ASCII tokeniser treats specially: apostrophes in and out of words,
+#: ``?!$%``, dots and "...", dashes at the end and before whitespace, separators, non-ASCII tokens.
+_TOKEN_PIECES = ["don't", "it's", "'s", "'", "''", "a'b'c", "x'9", "9'x", "rock'n'roll", "?", "!", "$", "%", ".",
+                 "..", "...", "-", " -", "- ", "\n", "\t", "\x1c", " ", "  ", ",", ":", "_", "ab", "Zq", "07",
+                 "task", "Task-", " 5", "…", "—", "–", "€", "£", "😂", "\u00a0", "É", "ſ"]  # fmt: skip
+
+
+def _token_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_TOKEN_PIECES) for _ in range(rng.randint(0, 10)))
+
+
+def test_scan_tokens_equal_the_token_pattern() -> None:
+    """scan_tokens (C string methods on ASCII text) finds what _TOKEN.findall finds in the normalised text."""
+    rng = random.Random(6)
+    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_token_text(rng) for _ in range(30_000))]
+    texts += [m.content for ex in load(DATA).examples for m in ex.transcript]
+    for text in texts:
+        assert scan_tokens(text) == tuple(_TOKEN.findall(normalise(text))), repr(text)
 
 
 def test_str_split_splits_where_the_regex_whitespace_class_matches() -> None:

@@ -24,6 +24,7 @@ from intent.features import (
     pair_features,
     task_view,
 )
+from intent.term_index import TF_TABLE
 from intent.text import (
     _TASK_ID,
     _TASK_ID_LOWER,
@@ -143,6 +144,18 @@ def test_fast_features_equal_the_definitions_on_bench_like_conversations() -> No
     model = _model()
     for transcript, tasks in bench_like():
         _check_turn(model, transcript, tasks)
+
+
+def test_fast_features_equal_the_definitions_past_the_tf_table() -> None:
+    """A turn of more than TF_TABLE rows: encode computes 1 + log(count) instead of looking it up."""
+    model = _model()
+    long_text = "thanks ok so " * 1500
+    transcript = [ChatMessage(role="user", content=long_text), ChatMessage(role="assistant", content="ok " * 2000),
+                  ChatMessage(role="user", content=long_text[:-1])]  # fmt: skip
+    turn = Turn(transcript[-1])
+    rows = b"".join([*model._terms.message_rows(turn), *model._terms.context_rows(transcript)])
+    assert len(rows) // 8 > TF_TABLE
+    _check_turn(model, transcript, [TaskInfo(id="task-1", summary="thanks for the help")])
 
 
 @pytest.mark.parametrize("text", TRICKY)

@@ -25,7 +25,7 @@ import numpy as np
 
 from intent.contract import ChatMessage
 from intent.features import CONTEXT_MESSAGES, ROLE_TAG, FloatArray, IntArray, TfidfVocab
-from intent.text import ngrams_of, scan_tokens, tokens, tool_event
+from intent.text import WordMemo, ngrams_of, scan_tokens, tokens, tool_event
 from intent.turn_features import Turn
 
 WORD_CACHE = 65_536
@@ -61,7 +61,7 @@ class TermIndex:
         self._past = _packed([self._idf.size])  # a row past every row (the encoding's end sentinel)
         #: sublinear_tf of every count below TF_TABLE, by count (at 0: nan, never looked up)
         self._tf = np.concatenate([[math.nan], sublinear_tf(np.arange(1, TF_TABLE))])
-        self._word_chars: Callable[[str], bytes] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
+        self._word_chars = WordMemo(self._char_rows, WORD_CACHE)
         self._context_rows: Callable[[str, str], bytes] = lru_cache(maxsize=MESSAGE_CACHE)(self._message_context_rows)
 
     def encode(self, transcript: Sequence[ChatMessage], turn: Turn | None = None) -> tuple[IntArray, FloatArray]:
@@ -111,7 +111,7 @@ class TermIndex:
         toks = turn.toks
         rows = [i for i in map(word, toks) if i is not None]
         rows += [i for i in map(word, map(" ".join, pairwise(("<s>", *toks, "</s>")))) if i is not None]
-        return [_packed(rows), *map(self._word_chars, turn.head_toks)]
+        return [_packed(rows), *map(self._word_chars.__getitem__, turn.head_toks)]
 
     def context_rows(self, transcript: Sequence[ChatMessage]) -> list[bytes]:
         """Offset vocabulary rows of :func:`~intent.features.context_terms` (with repeats), packed."""

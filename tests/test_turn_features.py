@@ -29,6 +29,7 @@ from intent.text import (
     _TASK_ID,
     _TASK_ID_LOWER,
     _TOKEN,
+    WordMemo,
     clean_utterance,
     content_stems,
     ids_in_lowered,
@@ -189,6 +190,21 @@ def test_context_view_equals_the_joined_context(first: str, second: str) -> None
                ChatMessage(role="user", content="fine")]  # fmt: skip
     ctx = " ".join(m.content for m in context)
     assert _context_view(context) == (content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:]))
+
+
+def test_word_memo_gives_the_function_values_within_its_bound() -> None:
+    calls: list[str] = []
+
+    def shout(word: str) -> str:
+        calls.append(word)
+        return word.upper()
+
+    memo = WordMemo(shout, 3)
+    words = ["a", "b", "a", "c", "d", "e", "a", "b"]
+    for word in words:
+        assert memo[word] == word.upper()
+        assert len(memo) <= 3
+    assert calls == ["a", "b", "c", "d", "e", "a", "b"]  # the repeat of "a" within the bound is a hit
 
 
 def test_turn_scans_the_message_afresh() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from intent.contract import ChatMessage
 from intent.features import CONTEXT_MESSAGES, ROLE_TAG, FloatArray, IntArray, TfidfVocab
-from intent.text import ngrams_of, scan_tokens, tokens, tool_event
+from intent.text import WordMemo, ngrams_of, scan_tokens, tokens, tool_event
 from intent.turn_features import Turn
 
 WORD_CACHE = 65_536
@@ -34,6 +34,8 @@ _OTHER_TAG = "x:"
 MESSAGE_CACHE = 4096
 #: The row below every row, packed (the encoding's start sentinel).
 _BELOW = struct.pack("q", -1)
+#: Rows per turn up to which encode looks sublinear_tf up in a table (more: it computes it).
+TF_TABLE = 4096
 
 
 class TermIndex:
@@ -57,7 +59,9 @@ class TermIndex:
         self._ctx_by_tag = {tag: _unprefixed(self._ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
         self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
         self._past = _packed([self._idf.size])  # a row past every row (the encoding's end sentinel)
-        self._word_chars: Callable[[str], bytes] = lru_cache(maxsize=WORD_CACHE)(self._char_rows)
+        #: sublinear_tf of every count below TF_TABLE, by count (at 0: nan, never looked up)
+        self._tf = np.concatenate([[math.nan], sublinear_tf(np.arange(1, TF_TABLE))])
+        self._word_chars = WordMemo(self._char_rows, WORD_CACHE)
         self._context_rows: Callable[[str, str], bytes] = lru_cache(maxsize=MESSAGE_CACHE)(self._message_context_rows)
 
     def encode(self, transcript: Sequence[ChatMessage], turn: Turn | None = None) -> tuple[IntArray, FloatArray]:
@@ -75,14 +79,17 @@ class TermIndex:
         n = len(listed) // 8 - 2
         if n == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        rows = np.sort(np.frombuffer(listed, np.int64))
+        rows = np.frombuffer(bytearray(listed), np.int64)  # (writable: sorted in place, not by np.sort's wrapper)
+        rows.sort()
         tail = rows[1:]
         first = tail != rows[:-1]  # n + 1 flags: the rows, then the end sentinel (always a start)
         unique = tail[first][:-1]
         vals = self._idf.take(unique)
         if unique.size < n:  # sublinear tf for repeated terms: 1 + log(count)
             starts = first.nonzero()[0]  # the last one is n, where the end sentinel is
-            vals *= 1.0 + np.log(np.subtract(starts[1:], starts[:-1], dtype=np.float64))
+            counts = starts[1:] - starts[:-1]
+            # looked up (a count is at most n): a take instead of a float subtraction, a log and an add
+            vals *= self._tf.take(counts) if n < self._tf.size else sublinear_tf(counts)
         split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:
@@ -104,7 +111,7 @@ class TermIndex:
         toks = turn.toks
         rows = [i for i in map(word, toks) if i is not None]
         rows += [i for i in map(word, map(" ".join, pairwise(("<s>", *toks, "</s>")))) if i is not None]
-        return [_packed(rows), *map(self._word_chars, turn.head_toks)]
+        return [_packed(rows), *map(self._word_chars.__getitem__, turn.head_toks)]
 
     def context_rows(self, transcript: Sequence[ChatMessage]) -> list[bytes]:
         """Offset vocabulary rows of :func:`~intent.features.context_terms` (with repeats), packed."""
@@ -126,6 +133,15 @@ class TermIndex:
         if event is not None and (i := get(f"event={event[1]}")) is not None:
             rows.append(i)
         return _packed(rows)
+
+
+def sublinear_tf(counts: IntArray) -> FloatArray:
+    """``1 + log(count)`` per count, as :meth:`~intent.features.TfidfVocab.transform` computes it.
+
+    numpy's log maps each element on its own (the same float for a count wherever it is in an array),
+    so a table of it, made once, gives the floats a call on the counts gives.
+    """
+    return 1.0 + np.log(counts.astype(np.float64))
 
 
 def _packed(rows: list[int]) -> bytes:

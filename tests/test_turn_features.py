@@ -24,14 +24,18 @@ from intent.features import (
     pair_features,
     task_view,
 )
+from intent.term_index import TF_TABLE
 from intent.text import (
     _TASK_ID,
     _TASK_ID_LOWER,
+    _TOKEN,
+    WordMemo,
     clean_utterance,
     content_stems,
     ids_in_lowered,
     mentioned_ids,
     normalise,
+    scan_tokens,
     stems_of,
     tokens,
     trigram_set,
@@ -143,6 +147,18 @@ def test_fast_features_equal_the_definitions_on_bench_like_conversations() -> No
         _check_turn(model, transcript, tasks)
 
 
+def test_fast_features_equal_the_definitions_past_the_tf_table() -> None:
+    """A turn of more than TF_TABLE rows: encode computes 1 + log(count) instead of looking it up."""
+    model = _model()
+    long_text = "thanks ok so " * 1500
+    transcript = [ChatMessage(role="user", content=long_text), ChatMessage(role="assistant", content="ok " * 2000),
+                  ChatMessage(role="user", content=long_text[:-1])]  # fmt: skip
+    turn = Turn(transcript[-1])
+    rows = b"".join([*model._terms.message_rows(turn), *model._terms.context_rows(transcript)])
+    assert len(rows) // 8 > TF_TABLE
+    _check_turn(model, transcript, [TaskInfo(id="task-1", summary="thanks for the help")])
+
+
 @pytest.mark.parametrize("text", TRICKY)
 def test_text_views_from_tokens(text: str) -> None:
     assert stems_of(tokens(text)) == content_stems(text)
@@ -174,6 +190,21 @@ def test_context_view_equals_the_joined_context(first: str, second: str) -> None
                ChatMessage(role="user", content="fine")]  # fmt: skip
     ctx = " ".join(m.content for m in context)
     assert _context_view(context) == (content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:]))
+
+
+def test_word_memo_gives_the_function_values_within_its_bound() -> None:
+    calls: list[str] = []
+
+    def shout(word: str) -> str:
+        calls.append(word)
+        return word.upper()
+
+    memo = WordMemo(shout, 3)
+    words = ["a", "b", "a", "c", "d", "e", "a", "b"]
+    for word in words:
+        assert memo[word] == word.upper()
+        assert len(memo) <= 3
+    assert calls == ["a", "b", "c", "d", "e", "a", "b"]  # the repeat of "a" within the bound is a hit
 
 
 def test_turn_scans_the_message_afresh() -> None:
@@ -222,6 +253,26 @@ def test_clean_utterance_equals_its_definition() -> None:
     texts += [m.content for ex in load(DATA).examples for m in ex.transcript if m.role == "user"]
     for text in texts:
         assert clean_utterance(text) == _clean_utterance_definition(text), text
+
+
+#: Pieces of text around what the ASCII tokeniser treats specially: apostrophes in and out of words,
+#: ``?!$%``, dots and "...", dashes at the end and before whitespace, separators, non-ASCII tokens.
+_TOKEN_PIECES = ["don't", "it's", "'s", "'", "''", "a'b'c", "x'9", "9'x", "rock'n'roll", "?", "!", "$", "%", ".",
+                 "..", "...", "-", " -", "- ", "\n", "\t", "\x1c", " ", "  ", ",", ":", "_", "ab", "Zq", "07",
+                 "task", "Task-", " 5", "…", "—", "–", "€", "£", "😂", "\u00a0", "É", "ſ"]  # fmt: skip
+
+
+def _token_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_TOKEN_PIECES) for _ in range(rng.randint(0, 10)))
+
+
+def test_scan_tokens_equal_the_token_pattern() -> None:
+    """scan_tokens (C string methods on ASCII text) finds what _TOKEN.findall finds in the normalised text."""
+    rng = random.Random(6)
+    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_token_text(rng) for _ in range(30_000))]
+    texts += [m.content for ex in load(DATA).examples for m in ex.transcript]
+    for text in texts:
+        assert scan_tokens(text) == tuple(_TOKEN.findall(normalise(text))), repr(text)
 
 
 def test_str_split_splits_where_the_regex_whitespace_class_matches() -> None:

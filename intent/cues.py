@@ -245,6 +245,42 @@ _ENDINGS = frozenset(_SOURCES["dangling"][1:])
 _REST: dict[str, Callable[[str], object] | None] = {
     name: _rest_test(alts[1:] if name in _WORD_LED else alts) for name, alts in _SOURCES.items()
 }
+
+
+def _start_tests() -> tuple[re.Pattern[str], tuple[tuple[str, int], ...]]:
+    r"""The start-anchored (``^...``) alternatives of all groups as one pattern, for :func:`cue_flags`.
+
+    Each group's are an optional lookahead followed by an empty group named after it:
+    ``(?:(?=^...|^...)(?P<name>))?``. A lookahead consumes nothing, so every group's is tried at
+    position 0 and the pattern always matches; the groups that hold are the markers that took part.
+    One call into ``re`` instead of one per group (four groups have such alternatives).
+
+    A backreference (addressee's ``(\w+)\W+\1``) counts groups from the start of the pattern, so the
+    one group whose alternatives capture goes first, where its groups keep their numbers; more than
+    one such group is refused.
+    """
+    starts = {
+        name: [alt for alt in alts if _kind(alt) == "start"] for name, alts in _SOURCES.items() if name not in _WORD_LED
+    }
+    starts.update({name: [alt for alt in _SOURCES[name][1:] if _kind(alt) == "start"] for name in _WORD_LED})
+    joined = {name: "|".join(alts) for name, alts in starts.items() if alts}
+    capturing = [name for name, body in joined.items() if re.compile(body).groups]
+    if len(capturing) > 1:
+        raise ValueError(f"start-anchored alternatives of {capturing} capture: backreferences would shift")
+    order = capturing + [name for name in joined if name not in capturing]
+    pattern = re.compile("".join(f"(?:(?={joined[name]})(?P<{name}>))?" for name in order))
+    return pattern, tuple((name, pattern.groupindex[name] - 1) for name in order)
+
+
+#: The start-anchored alternatives as one pattern, and each group's marker as an index into groups().
+_START, _START_MARKERS = _start_tests()
+#: Each group's alternatives that are neither its leading word-led one nor start-anchored, as a test
+#: of lower-cased text (groups without such alternatives left out).
+_OTHER_TESTS: tuple[tuple[str, Callable[[str], object]], ...] = tuple(
+    (name, test)
+    for name, alts in _SOURCES.items()
+    if (test := _rest_test([a for a in (alts[1:] if name in _WORD_LED else alts) if _kind(a) != "start"])) is not None
+)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
@@ -312,5 +348,17 @@ def cue_flags(text: str, names: Sequence[str] = CUE_NAMES) -> list[float]:
         return [1.0 if CUES[name].search(text) else 0.0 for name in names]
     lowered = text.lower()
     hits = _word_led_hits(lowered)
+    if names is CUE_NAMES:
+        # Every group: the start-anchored tests as one match, then the others of the groups not yet
+        # found (a flag is an "or": a group found by a word-led alternative needs no other test).
+        started = _START.match(lowered)
+        if started is not None and started.lastindex is not None:  # (lastindex None: no marker set)
+            markers = started.groups()
+            hits.update(name for name, index in _START_MARKERS if markers[index] is not None)
+        for name, test in _OTHER_TESTS:
+            if name not in hits and test(lowered):
+                hits.add(name)
+        return [1.0 if name in hits else 0.0 for name in CUE_NAMES]
+    # A few groups (the previous user message's): one test per group asked for.
     rests = _REST
     return [1.0 if name in hits or ((rest := rests[name]) is not None and rest(lowered)) else 0.0 for name in names]

@@ -108,3 +108,17 @@ def test_loading_the_model_compiles_every_cue_pattern_up_front() -> None:
     cues._any_word_led.cache_clear()
     EmbeddedBackend.load()
     assert cues._any_word_led.cache_info().currsize == (1 << len(cues._WORD_LED)) - 1
+
+
+def test_start_pattern_reports_the_groups_whose_start_anchored_alternatives_match() -> None:
+    """_START (one match for the ``^...`` alternatives of all groups) against each group's own ones."""
+    from intent.cues import _START, _START_MARKERS
+
+    own = {name: re.compile("|".join(a for a in _SOURCES[name] if a.startswith("^"))) for name, _ in _START_MARKERS}
+    texts = [text.lower() for seed in (4, 5) for text in _fuzz_texts(3000, seed)]
+    texts += ["ok ok", "hi hi there", "bob, bob!", "mum what's up", "hey there how are you", "thanks", "so what"]
+    for text in texts:
+        started = _START.match(text)
+        assert started is not None
+        found = {name for name, index in _START_MARKERS if started.groups()[index] is not None}
+        assert found == {name for name, pattern in own.items() if pattern.match(text)}, repr(text)

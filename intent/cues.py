@@ -93,7 +93,7 @@ CUE_NAMES: tuple[str, ...] = tuple(CUES)
 #
 # 1. Lower-case the text and match case-sensitively (the patterns have no upper-case letters outside
 #    escapes; a test checks). That is exactly IGNORECASE when lower-casing changes nothing but ASCII
-#    letters (see _caseless_safe); other text takes the definitions above.
+#    letters (see _fast_path_safe); other text takes the definitions above.
 # 2. A *word-led* alternative, ``\b`` then a match that always starts with a word character, matches
 #    at position p iff p starts a word: p == 0 or text[p-1] is not a word character. Prefixing the
 #    text with a space, that is "a non-word character, then the match": ``\W(?=X)``. All word-led
@@ -105,6 +105,12 @@ CUE_NAMES: tuple[str, ...] = tuple(CUES)
 # 3. In that pattern the ~160 alternatives of the groups' Xs (leading groups distributed:
 #    "(?:a|b)c" is "ac|bc") are grouped by their first letter, which ``re`` compares before trying a
 #    branch: at a word start it tries the few alternatives that begin with its letter, not all of them.
+# 4. The word-led scan and the start-anchored tests are compiled with ``re.ASCII``: a Unicode ``\w``
+#    or ``\W`` asks the Unicode database about each character (several calls per character), an ASCII
+#    one reads a table. On text whose non-ASCII characters are all non-word characters (emoji,
+#    dashes, curly quotes) ``\w``, ``\W`` and ``\b`` mean the same either way (see _fast_path_safe;
+#    other text takes the definitions). The patterns compiled so use no other escape that ASCII
+#    changes (``\s``, ``\d``: checked when they are compiled, see _ascii).
 
 
 def _is_word_led(alternative: str) -> bool:
@@ -175,6 +181,16 @@ _LED_ALTERNATIVES = {name: _alternatives(body) for name, body in _WORD_LED.items
 _GROUP_OF_MARKER = {f"{name}_{i}": name for name, alts in _LED_ALTERNATIVES.items() for i in range(len(alts))}
 
 
+def _ascii(pattern: str) -> re.Pattern[str]:
+    r"""``pattern`` compiled with ``re.ASCII``, refused if it holds an escape other than ``\b``, ``\w``
+    and ``\W`` (``\s``, ``\d`` and the like would differ from their Unicode meaning on ASCII text
+    too: Unicode ``\s`` holds "\x1c"-"\x1f")."""
+    escapes = set(re.findall(r"\\[a-zA-Z]", pattern)) - {r"\b", r"\w", r"\W"}
+    if escapes:
+        raise ValueError(f"cannot match {sorted(escapes)} as ASCII in {pattern!r}")
+    return re.compile(pattern, re.ASCII)
+
+
 @lru_cache(maxsize=1 << len(_WORD_LED))  # every set of groups
 def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
     """One pattern for the word-led alternatives of ``names`` (compiled once per set of groups).
@@ -188,7 +204,7 @@ def _any_word_led(names: tuple[str, ...]) -> re.Pattern[str]:
         for i, alt in enumerate(_LED_ALTERNATIVES[name]):
             by_first.setdefault(alt[0], []).append(f"{alt[1:]}(?P<{name}_{i}>)")
     branches = [f"{first}(?:{'|'.join(alts)})" for first, alts in sorted(by_first.items())]
-    return re.compile(r"\W(?=" + "|".join(branches) + ")")
+    return _ascii(r"\W(?=" + "|".join(branches) + ")")
 
 
 def _rest_test(alternatives: Sequence[str]) -> Callable[[str], object] | None:
@@ -268,7 +284,7 @@ def _start_tests() -> tuple[re.Pattern[str], tuple[tuple[str, int], ...]]:
     if len(capturing) > 1:
         raise ValueError(f"start-anchored alternatives of {capturing} capture: backreferences would shift")
     order = capturing + [name for name in joined if name not in capturing]
-    pattern = re.compile("".join(f"(?:(?={joined[name]})(?P<{name}>))?" for name in order))
+    pattern = _ascii("".join(f"(?:(?={joined[name]})(?P<{name}>))?" for name in order))
     return pattern, tuple((name, pattern.groupindex[name] - 1) for name in order)
 
 
@@ -284,14 +300,17 @@ _OTHER_TESTS: tuple[tuple[str, Callable[[str], object]], ...] = tuple(
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
-def _caseless_safe(text: str) -> bool:
-    """Whether matching ``text.lower()`` case-sensitively is the same as IGNORECASE on ``text``.
+def _fast_path_safe(text: str) -> bool:
+    """Whether the fast path gives the definitions' flags on ``text``.
 
-    True for ASCII text, and for text whose other characters have no case at all (emoji, dashes, curly
-    quotes): lower-casing then keeps every position, and IGNORECASE has nothing else to fold. Text with
-    a cased non-ASCII letter ("É", "ſ", the Kelvin sign) takes the IGNORECASE patterns instead.
+    Matching ``text.lower()`` case-sensitively is the same as IGNORECASE on ``text`` when lower-casing
+    changes nothing but ASCII letters, and the ``re.ASCII`` patterns see the same word boundaries
+    when no non-ASCII character is a word character. True for ASCII text, and for text whose other
+    characters have no case and are not letters or digits (emoji, dashes, curly quotes). Text with a
+    cased non-ASCII letter ("É", "ſ", the Kelvin sign) or another word character ("中", "²") takes
+    the IGNORECASE patterns instead.
     """
-    return text.isascii() or all(c == c.lower() == c.upper() for c in _NON_ASCII.findall(text))
+    return text.isascii() or all(c == c.lower() == c.upper() and not c.isalnum() for c in _NON_ASCII.findall(text))
 
 
 def compile_all() -> None:
@@ -344,7 +363,7 @@ def _word_led_hits(lowered: str) -> set[str]:
 
 def cue_flags(text: str, names: Sequence[str] = CUE_NAMES) -> list[float]:
     """One 0/1 flag per cue group in ``names`` (default: all, in CUE_NAMES order)."""
-    if not _caseless_safe(text):
+    if not _fast_path_safe(text):
         return [1.0 if CUES[name].search(text) else 0.0 for name in names]
     lowered = text.lower()
     hits = _word_led_hits(lowered)

@@ -133,3 +133,12 @@ def test_ascii_patterns_refuse_escapes_whose_meaning_ascii_changes() -> None:
     for refused in (r"a\s*$", r"\d+", r"\S"):
         with pytest.raises(ValueError):
             _ascii(refused)
+
+
+def test_cue_flags_equal_the_definitions_on_texts_at_the_edges() -> None:
+    """Cues at the very start or end of a text, and texts shorter than an ending's window (the fuzz
+    texts always start with a word)."""
+    texts = ["😂", "🤣", "😂 ok", "🤣🤣", "!!", "!! now", "wow!!", "-", " — ", "...", "…", "a…  ", "x -\n", ""]
+    texts += ["so the", "the", "hi ...", "@bob hi", "@", "ok ok", "k", "uh", "hey — ", "ab…", "...\t"]
+    for text in texts:
+        assert cue_flags(text) == _reference(text), repr(text)

@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import Keys, LeaseLost
-from ledger.resp import pack_bulk, pack_command_head, pack_evalsha
+from ledger.resp import exchange, pack_bulk, pack_command_head, pack_evalsha
 from ledger.turns import InvalidTurn, Turn, decode_entry, encode_turn
 from orchestrator.lanes import Capacity, Lanes
 from orchestrator.membership import Lease
@@ -288,22 +288,14 @@ class PartitionWorker:
         move it, so waiting costs no ``XINFO`` round trip per idle cycle.
 
         Both replies are always read (a reply left unread would be taken for the next command's); a
-        connection error or a cancellation drops the connection, as redis-py does.
+        connection error or a cancellation drops the connection (:func:`ledger.resp.exchange`).
         """
         conn = self.reader.connection
         if conn is None:
             await self.reader.initialize()  # the held connection: created on first use
             conn = self.reader.connection
             assert conn is not None
-        await conn.send_packed_command(
-            self._wait_prefix + pack_bulk(after) + self._fenced_read(count), check_health=False
-        )
-        replies: list[Any] = []
-        for _ in range(2):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # a command's error reply: the connection is still in step
-                replies.append(exc)
+        replies = await exchange(conn, self._wait_prefix + pack_bulk(after) + self._fenced_read(count), 2)
         if isinstance(replies[1], NoScriptError):  # Redis lost its script cache (restart): load it, read again
             return await self._fenced(READ, count)
         for reply in replies:

@@ -97,7 +97,6 @@ class Dispatcher:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.grace_s = grace_s
-        self.keep_result_s = keep_result_s
         self.stats: Counter[str] = Counter()
         #: hosted: commits hand the entries over (:meth:`deliver`); no blocking read
         self.fed = fed

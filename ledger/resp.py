@@ -14,7 +14,7 @@ reconnects it on its next command.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -80,6 +80,21 @@ async def exchange(conn: Connection, packed: bytes, count: int) -> list[Any]:
         raise
 
 
+async def reloading(client: Redis, body: str, send: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+    """``send()`` (one write of packed commands, replies in place); if a reply says NOSCRIPT (Redis
+    restarted or flushed its script cache), load ``body`` on ``client`` once and ``send()`` again.
+
+    The one place every hand-packed ``EVALSHA`` path recovers from a lost script cache, as redis-py's
+    ``Script`` does for its own calls. Commands sent with the script go again with it: they must be
+    safe to repeat (an ``EVALSHA`` that failed with NOSCRIPT ran nothing).
+    """
+    replies = await send()
+    if any(isinstance(r, NoScriptError) for r in replies):
+        await client.script_load(body)
+        replies = await send()
+    return replies
+
+
 async def evalsha(client: Redis, sha: str, body: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """One script call on ``client``'s own connection (a ``single_connection_client``); loads the
     script once on NOSCRIPT (a restarted Redis). Raises the script's error reply."""
@@ -90,10 +105,7 @@ async def evalsha(client: Redis, sha: str, body: str, keys: Sequence[str], args:
         if conn is None:
             raise TypeError("evalsha needs a single_connection_client")
     packed = pack_evalsha(sha, keys, args, cache_keys=False)
-    (reply,) = await exchange(conn, packed, 1)
-    if isinstance(reply, NoScriptError):
-        await client.script_load(body)
-        (reply,) = await exchange(conn, packed, 1)
+    (reply,) = await reloading(client, body, lambda: exchange(conn, packed, 1))
     if isinstance(reply, Exception):
         raise reply
     return reply

@@ -9,7 +9,6 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from ledger.errors import (
     InvalidOp,
@@ -34,7 +33,7 @@ from ledger.models import (
     Relay,
     Task,
 )
-from ledger.resp import exchange, pack_evalsha
+from ledger.resp import exchange, pack_evalsha, reloading
 
 #: At least this many applied turn ids are remembered per conversation ...
 APPLIED_KEEP = 10_000
@@ -274,14 +273,8 @@ class Ledger:
 
         Returns one reply per call, a ``ResponseError`` instance in place of a failed call's reply.
         """
-        for attempt in range(2):
-            packed = b"".join(pack_evalsha(sha, keys, args) for sha, keys, args in calls)
-            replies = await self._send(packed, len(calls))
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                await self.redis.script_load(body)  # Redis restarted or flushed its script cache
-                continue
-            return replies
-        return replies  # pragma: no cover - the loop always returns
+        packed = b"".join(pack_evalsha(sha, keys, args) for sha, keys, args in calls)
+        return await reloading(self.redis, body, lambda: self._send(packed, len(calls)))
 
     async def _send(self, packed: bytes, count: int) -> list[Any]:
         """Write ``count`` packed commands on one pooled connection and read their replies

@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import Keys, LeaseLost
-from ledger.resp import exchange, pack_bulk, pack_command_head, pack_evalsha
+from ledger.resp import exchange, pack_bulk, pack_command_head, pack_evalsha, reloading
 from ledger.turns import InvalidTurn, Turn, decode_entry, encode_turn
 from orchestrator.lanes import Capacity, Lanes
 from orchestrator.membership import Lease
@@ -295,9 +295,9 @@ class PartitionWorker:
             await self.reader.initialize()  # the held connection: created on first use
             conn = self.reader.connection
             assert conn is not None
-        replies = await exchange(conn, self._wait_prefix + pack_bulk(after) + self._fenced_read(count), 2)
-        if isinstance(replies[1], NoScriptError):  # Redis lost its script cache (restart): load it, read again
-            return await self._fenced(READ, count)
+        packed = self._wait_prefix + pack_bulk(after) + self._fenced_read(count)
+        # a restarted Redis lost the script: both go again (the wait returns at once if entries came)
+        replies = await reloading(self.reader, _FENCED_READ, lambda: exchange(conn, packed, 2))
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

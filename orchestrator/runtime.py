@@ -132,6 +132,17 @@ class Orchestrator:
         if self._redis is None:
             self._redis = connect_redis(s)
         self.ledger = Ledger(self.redis, self.keys, transcript_max=s.transcript_max)
+        if s.relay_outbox:
+            pool = create_pool(s.redis_url, self.keys, client_name=f"sraq-relay:{self.instance_id}")
+            self.dispatcher = Dispatcher(
+                pool,
+                self.keys,
+                consumer=self.instance_id,
+                partitions=(),
+                claim_idle_ms=s.dispatcher_claim_idle_ms,
+                keep_result_s=s.task_keep_result_s,
+                fed=True,
+            )
         self.processor = TurnProcessor(
             self.ledger,
             self.backend,
@@ -140,6 +151,8 @@ class Orchestrator:
             decision_timeout_ms=s.decision_timeout_ms,
             conflict_retries=s.conflict_retries,
             observer=self.observer,
+            # the commits hand their outbox entries to the relay (no blocking read of its own)
+            outbox_feed=self.dispatcher,
         )
         self.membership = Membership(self.redis, self.keys, self.instance_id, s.lease_ms)
         self.metrics.in_flight.set_function(lambda: self.capacity.used)
@@ -147,19 +160,7 @@ class Orchestrator:
             if s.metrics_port:
                 self._server = MetricsServer(self.metrics, self.health, s.metrics_host, s.metrics_port)
                 self.metrics_port = await self._server.start()
-            if s.relay_outbox:
-                pool = create_pool(s.redis_url, self.keys, client_name=f"sraq-relay:{self.instance_id}")
-                self.dispatcher = Dispatcher(
-                    pool,
-                    self.keys,
-                    consumer=self.instance_id,
-                    partitions=(),
-                    claim_idle_ms=s.dispatcher_claim_idle_ms,
-                    keep_result_s=s.task_keep_result_s,
-                    fed=True,
-                )
-                # the commits hand their outbox entries to the relay (no blocking read of its own)
-                self.processor.outbox_feed = self.dispatcher
+            if self.dispatcher is not None:
                 await self.dispatcher.start()
             await self._warm_up()
             self.state = State.RUNNING

@@ -185,7 +185,7 @@ class OutboxFeed(Protocol):
 class TurnProcessor:
     """Processes one turn end to end; shared by every partition of an Orchestrator.
 
-    ``outbox_feed``: set by the orchestrator when it hosts the outbox relay (see :class:`OutboxFeed`).
+    ``outbox_feed``: the outbox relay the orchestrator hosts, if any (see :class:`OutboxFeed`).
     """
 
     def __init__(
@@ -199,6 +199,7 @@ class TurnProcessor:
         decision_timeout_ms: int,
         conflict_retries: int,
         observer: Callable[[TurnRecord], None] | None = None,
+        outbox_feed: OutboxFeed | None = None,
     ) -> None:
         self.ledger = ledger
         self.store = coalescer or Coalescer(ledger)
@@ -210,7 +211,7 @@ class TurnProcessor:
         self.decision_timeout = decision_timeout_ms / 1000
         self.conflict_retries = conflict_retries
         self.observer = observer
-        self.outbox_feed: OutboxFeed | None = None
+        self.outbox_feed = outbox_feed
         # bound once: calling the module's lazy proxy builds a new bound logger per call (per turn)
         self._log = log.bind()
 

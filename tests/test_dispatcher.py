@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from ledger import CancelOp, Keys, Ledger, StartOp, UpdateOp
 from tests.workers_support import wait_until
-from workers.dispatcher import GROUP, Dispatcher
+from workers.dispatcher import GROUP, PHASES, Dispatcher, next_due
 from workers.queue import (
     ACTIVE_STATES,
     RUN_TASK,
@@ -172,18 +172,24 @@ async def _enqueue_outcome(
     with contextlib.suppress(ResponseError):  # BUSYGROUP
         await redis.xgroup_create(outbox, GROUP, id="0")
     await redis.xreadgroup(GROUP, "relay-a", {outbox: ">"})
-    outcome = await enqueue_and_record(
-        pool,
-        keys,
-        conv,
-        "task-1",
-        dispatch,
-        "x",
-        outbox=outbox,
-        group=GROUP,
-        entry_id=entry_id.decode(),
-        only_if_open=only_if_open,
-    )
+    # a held connection, as each relay loop holds one
+    held = Redis(connection_pool=pool.connection_pool, single_connection_client=True)
+    try:
+        outcome = await enqueue_and_record(
+            pool,
+            keys,
+            conv,
+            "task-1",
+            dispatch,
+            "x",
+            outbox=outbox,
+            group=GROUP,
+            entry_id=entry_id.decode(),
+            only_if_open=only_if_open,
+            client=held,
+        )
+    finally:
+        await held.aclose()
     return outcome, job_id(keys, conv, "task-1", dispatch), entry_id
 
 
@@ -221,6 +227,17 @@ async def test_enqueue_and_record_writes_what_arqs_enqueue_job_writes(redis: Red
         assert pool.expires_extra_ms - 5000 < await redis.pttl(job_key_prefix + jid) <= pool.expires_extra_ms
     assert scores[jid_b.encode()] == raw_b["et"]  # score == enqueue time, as arq's for a job not deferred
     assert await job_state(pool, keys, jid_b) is await job_state(pool, keys, jid_a) is JobStatus.queued
+
+
+async def test_enqueue_and_record_loads_its_script_after_redis_lost_it(
+    redis: Redis, keys: Keys, pool: ArqRedis
+) -> None:
+    """Redis restarted without its script cache: the relay's one-step enqueue loads the script and
+    goes through (enqueued, recorded, acknowledged)."""
+    await redis.script_flush()
+    created, jid, _entry = await _our_enqueue(redis, pool, keys)
+    assert created and await _pending(redis, keys) == 0
+    assert await job_state(pool, keys, jid) is JobStatus.queued
 
 
 async def test_enqueue_and_record_dedups_on_the_job_key(redis: Redis, keys: Keys, pool: ArqRedis) -> None:
@@ -653,3 +670,23 @@ async def test_fed_relay_finishes_what_was_handed_over_when_stopped(
     await d.stop()  # retires the loop at once: no step of it ran since the hand-over
     assert d.stats["enqueued"] == 3
     assert await settled(redis, keys, "c1")
+
+
+def test_periodic_work_of_the_relay_loops_is_spread_over_the_period() -> None:
+    """Loops started together claim, trim and poll at different moments (one phase per partition),
+    each once per period, on a grid that does not drift however late a loop gets round to it."""
+    start, every = 100.0, 2.5
+    firsts = sorted(next_due(start, start, every, p) for p in range(PHASES))
+    assert len(set(firsts)) == PHASES  # 16 partitions, 16 different moments
+    assert all(start < due <= start + every for due in firsts)
+    assert firsts[0] == start + every / PHASES and firsts[-1] == start + every
+    for p in (0, 5, 21):
+        due = next_due(start, start, every, p)
+        later = [due := next_due(due + lag, start, every, p) for lag in (0.0, 0.01, 1.3, 0.0, 2.4)]
+        phase = (p % PHASES) / PHASES
+        for t in later:
+            k = (t - start) / every - phase
+            assert abs(k - round(k)) < 1e-9  # on the partition's own grid
+        # always strictly after the moment asked about, never more than one period after it
+        assert next_due(start + 7.0, start, every, p) - (start + 7.0) <= every
+        assert next_due(start + 7.0, start, every, p) > start + 7.0

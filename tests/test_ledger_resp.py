@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
-from ledger.resp import evalsha, exchange, pack_bulk, pack_command_head, pack_evalsha
+from ledger.resp import evalsha, exchange, pack_bulk, pack_command_head, pack_evalsha, reloading
 
 ECHO = "return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]) + 1}"
 ECHO_SHA = hashlib.sha1(ECHO.encode()).hexdigest()
@@ -98,3 +98,30 @@ async def test_exchange_cancelled_mid_reply_drops_the_connection(held: Redis, pr
         await call
     assert not conn.is_connected
     assert await held.ping()  # the next command reconnects
+
+
+async def test_reloading_loads_a_lost_script_once_and_sends_the_whole_write_again(held: Redis) -> None:
+    """NOSCRIPT anywhere in a write's replies: the body is loaded and the write goes again, once;
+    with the script loaded, a write goes once."""
+    await held.initialize()
+    conn = held.connection
+    assert conn is not None
+    packed = pack_evalsha(ECHO_SHA, ["k"], ["a", "b", 1]) + b"".join(Connection().pack_command("PING"))
+    sent = 0
+
+    async def send() -> list[object]:
+        nonlocal sent
+        sent += 1
+        return await exchange(conn, packed, 2)
+
+    await held.script_flush()
+    assert await reloading(held, ECHO, send) == [[b"k", b"a", b"b", 2], b"PONG"]
+    assert sent == 2
+    assert await reloading(held, ECHO, send) == [[b"k", b"a", b"b", 2], b"PONG"]
+    assert sent == 3
+    # another script's error is the caller's to handle: returned in place, nothing reloaded
+    other = pack_evalsha("0" * 40, [], [])
+    await held.script_flush()
+    (missing,) = await reloading(held, ECHO, lambda: exchange(conn, other, 1))
+    assert isinstance(missing, NoScriptError)
+    assert await held.script_exists(ECHO_SHA) == [True]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,23 @@ from redis.exceptions import RedisError, ResponseError
 
 from ledger import Keys, Ledger, OutboxRecord, Relay
 from workers.outbox_effects import GROUP, MalformedEntry, OutboxConn, OutboxEffects, parse_entry
+
+#: Phases the relay loops' periodic work is spread over (see :func:`next_due`).
+PHASES = 16
+
+
+def next_due(now: float, start: float, every: float, partition: int) -> float:
+    """When a relay loop started at ``start`` next does a periodic job (claim and trim, or a poll):
+    the first time after ``now`` on the grid ``start + every * (k + phase)``, the phase set by the
+    partition (``partition % PHASES / PHASES``).
+
+    The loops of all owned partitions start together; on one grid they would claim, trim and poll in
+    the same millisecond, a burst of 2-3 round trips per partition that the turns read and committed
+    then wait behind. A fixed grid, not "now + every": the phases do not drift back together.
+    """
+    phase = (partition % PHASES) / PHASES
+    return start + every * (math.floor((now - start) / every - phase) + 1 + phase)
+
 
 __all__ = ["GROUP", "Dispatcher", "MalformedEntry", "parse_entry"]
 
@@ -200,10 +218,11 @@ class Dispatcher:
         last_id = "0"  # first our own pending entries (a restart with the same consumer name) ...
         claim_due = 0.0
         loop = asyncio.get_running_loop()
+        start = loop.time()
         while not stopping.is_set():
             try:
-                if loop.time() >= claim_due:  # ... and entries of relays that died holding them
-                    claim_due = loop.time() + self.claim_idle_ms / 2000
+                if (now := loop.time()) >= claim_due:  # ... and entries of relays that died holding them
+                    claim_due = next_due(now, start, self.claim_idle_ms / 2000, ob.partition)
                     await self._claim(ob)
                     await self._trim(ob)
                 block = None if last_id == "0" else self.block_ms
@@ -224,14 +243,15 @@ class Dispatcher:
         """The loop of a fed relay: the entries commits hand over, and non-blocking reads for the rest."""
         backoff = 0.05
         loop = asyncio.get_running_loop()
-        claim_due = poll_due = 0.0
+        claim_due = poll_due = 0.0  # both at once at the start, then spread (next_due)
+        start = loop.time()
         rescan = True
         scanned: set[bytes] = set()
         while not stopping.is_set():
             try:
                 now = loop.time()
                 if now >= claim_due:  # entries of relays that died holding them
-                    claim_due = now + self.claim_idle_ms / 2000
+                    claim_due = next_due(now, start, self.claim_idle_ms / 2000, ob.partition)
                     await self._claim(ob)
                     await self._trim(ob)
                 if rescan:
@@ -241,7 +261,7 @@ class Dispatcher:
                     scanned = await self._read_through(ob, "0", stopping)
                     rescan = False
                 if now >= poll_due:  # entries no commit handed over
-                    poll_due = now + self.block_ms / 1000
+                    poll_due = next_due(now, start, self.block_ms / 1000, ob.partition)
                     await self._read_through(ob, ">", stopping)
                 if not inbox.entries:
                     with contextlib.suppress(TimeoutError):

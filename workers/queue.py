@@ -26,11 +26,10 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import Job, JobStatus, serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import NoScriptError
 
 from ledger import Keys, TaskStatus
 from ledger.keys import glob_escape
-from ledger.resp import evalsha
+from ledger.resp import Arg, evalsha
 
 #: arq function name of the task runner (workers/runner.py)
 RUN_TASK = "run_task"
@@ -192,14 +191,16 @@ async def enqueue_and_record(
     group: str,
     entry_id: str,
     only_if_open: bool = False,
-    client: Redis | None = None,
+    client: Redis,
 ) -> Enqueued:
     """Enqueue ``run_task`` for one dispatch, record it and acknowledge its outbox entry, in one round trip.
 
     ``CREATED`` if this call created the job, ``DUPLICATE`` if it existed (job or result key: arq's
     dedup), ``TASK_CLOSED`` if ``only_if_open`` and the ledger has the task closed or not at all
     (nothing enqueued). The entry ``entry_id`` of ``outbox`` is acknowledged in every case, in the
-    same atomic step (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client`` (default: ``pool``).
+    same atomic step (:data:`ENQUEUE_AND_RECORD_LUA`). Runs on ``client``, a connection held by its
+    caller (a ``single_connection_client``, as the relay's loops hold one); ``pool`` gives arq's
+    serializer and expiry.
 
     A marker left in ``arq:abort`` by an earlier job with the same id would abort this one before it
     starts (arq#485), so it is removed when the job is created. A marker found on a duplicate, or
@@ -224,8 +225,7 @@ async def enqueue_and_record(
         enqueue_time_ms,
         serializer=pool.job_serializer,
     )
-    # Any: redis-py types EVALSHA's keys and args as str only
-    keys_and_args: tuple[Any, ...] = (
+    script_keys = [
         job_key_prefix + jid,
         result_key_prefix + jid,
         keys.queue,
@@ -233,6 +233,8 @@ async def enqueue_and_record(
         keys.task(conversation_id, task_id).run,
         outbox,
         keys.conversation(conversation_id).tasks,
+    ]
+    args: list[Arg] = [
         jid,
         payload,
         pool.expires_extra_ms,
@@ -242,17 +244,8 @@ async def enqueue_and_record(
         entry_id,
         task_id if only_if_open else "",
         *_OPEN_STATUSES,
-    )
-    if client is not None and client.single_connection_client:  # the relay's held connection
-        sha, body = _ENQUEUE_AND_RECORD_SHA, ENQUEUE_AND_RECORD_LUA
-        done = await evalsha(client, sha, body, keys_and_args[:7], keys_and_args[7:])
-    else:
-        conn = pool if client is None else client
-        try:
-            done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
-        except NoScriptError:  # a restarted or different server: load it once, as redis-py's Script does
-            await conn.script_load(ENQUEUE_AND_RECORD_LUA)
-            done = await conn.evalsha(_ENQUEUE_AND_RECORD_SHA, 7, *keys_and_args)  # type: ignore[misc]
+    ]
+    done = await evalsha(client, _ENQUEUE_AND_RECORD_SHA, ENQUEUE_AND_RECORD_LUA, script_keys, args)
     return _ENQUEUED[int(done)]
 
 

@@ -12,7 +12,7 @@ Layout (``P`` partitions, hash tag ``{p}`` so one partition lives in one Redis C
     {prefix}:{p}:c:{conv}:tasks          hash: task id -> task JSON
     {prefix}:{p}:c:{conv}:transcript     list of message JSON, capped
     {prefix}:{p}:c:{conv}:audit          stream, append-only audit trail
-    {prefix}:{p}:c:{conv}:applied        sorted set: turn id -> applied-at (ms)
+    {prefix}:{p}:c:{conv}:applied        sorted set: turn id -> applied-at ms * 1024 + sequence (apply.lua)
     {prefix}:{p}:c:{conv}:results        hash: turn id -> stored apply result
     {prefix}:conversations:{p}           set of conversation ids seen in partition p
     {prefix}:{p}:c:{conv}:t:{task}:updates  stream of task updates delivered to the running handler

@@ -20,21 +20,39 @@ log = structlog.get_logger("sraq.lanes")
 
 
 class Capacity:
-    """A counter of in-flight items with an awaitable "has room" condition (single event loop)."""
+    """In-flight items of the process, with an awaitable "has room" condition (single event loop).
+
+    ``used`` counts every held slot: items in the lanes plus slots *reserved* by readers for a read
+    in progress. A reader reserves before it reads and at most the free slots, so readers of
+    several partitions reading at once never get more entries between them than there is room for;
+    each entry read takes over one reserved slot (:meth:`hand_over`), the rest go back
+    (:meth:`release`).
+    """
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
         self.used = 0
+        #: slots held for reads in progress (part of ``used``)
+        self.reserved = 0
+        #: the most items in flight at once so far (a gauge's high-water mark, for tests and ops)
+        self.peak = 0
+        #: slots reads waiting for entries may hold between them (the rest is for work at hand)
+        self.wait_budget = limit // 2
+        #: reads waiting for entries that hold a slot now
+        self.waits = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._empty = asyncio.Event()
-        self._empty.set()
 
     @property
     def free(self) -> int:
         return max(0, self.limit - self.used)
+
+    @property
+    def in_flight(self) -> int:
+        """Items in the lanes (not counting reservations)."""
+        return self.used - self.reserved
 
     async def wait_room(self) -> int:
         """Wait until at least one slot is free; returns the number of free slots."""
@@ -44,7 +62,7 @@ class Capacity:
 
     def take(self, n: int = 1) -> None:
         self.used += n
-        self._empty.clear()
+        self.peak = max(self.peak, self.in_flight)
         if self.used >= self.limit:
             self._room.clear()
 
@@ -52,12 +70,32 @@ class Capacity:
         self.used -= n
         if self.used < self.limit:
             self._room.set()
-        if self.used <= 0:
-            self.used = 0
-            self._empty.set()
 
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
+    def may_hold_for_wait(self) -> bool:
+        """Whether a read that first waits for entries may hold a slot (one) meanwhile: while such
+        reads hold at most ``wait_budget`` slots. Idle partitions' reads must not take the room the
+        busy ones need (with a bound below the partition count they would take all of it)."""
+        return self.waits < self.wait_budget and self.used < self.limit
+
+    def reserve(self, n: int, *, wait: bool = False) -> None:
+        """Hold ``n`` slots for a read about to be sent (call with ``n <= free``, no await between);
+        ``wait``: the read waits for entries first (:meth:`may_hold_for_wait`)."""
+        self.reserved += n
+        self.waits += wait
+        self.take(n)
+
+    def hand_over(self, n: int = 1) -> None:
+        """``n`` reserved slots become items' (an entry read is queued in its lane)."""
+        self.reserved -= n
+        self.peak = max(self.peak, self.in_flight)
+
+    def release(self, n: int, *, wait: bool = False) -> None:
+        """``n`` reserved slots were not needed (the read got fewer entries, or some were dead
+        letters); ``wait``: the read reserved with ``wait`` returned."""
+        self.waits -= wait
+        if n:
+            self.reserved -= n
+            self.give(n)
 
 
 class Lanes(Generic[T]):
@@ -92,9 +130,13 @@ class Lanes(Generic[T]):
     def active_lanes(self) -> int:
         return len(self._tasks)
 
-    def submit(self, key: str, item: T) -> None:
-        """Queue ``item`` behind the earlier items of ``key`` (takes one capacity slot)."""
-        self.capacity.take(1)
+    def submit(self, key: str, item: T, *, reserved: bool = False) -> None:
+        """Queue ``item`` behind the earlier items of ``key``: it takes one capacity slot, or one the
+        reader reserved for it (``reserved``: see :class:`Capacity`)."""
+        if reserved:
+            self.capacity.hand_over(1)
+        else:
+            self.capacity.take(1)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -134,9 +135,10 @@ class PartitionWorker:
         self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._read_script = redis.register_script(_FENCED_READ)
-        # _wait_then_read's two commands, packed once: only the id to wait after and the count vary
+        # the wait of _wait_then_read and _wait_for_entry, packed once: only the id to wait after varies.
+        # COUNT 2: whether more than the one entry the read behind it takes has come (see _wait_then_read)
         self._wait_prefix = pack_command_head(
-            ["XREAD", "COUNT", 1, "BLOCK", read_block_ms, "STREAMS", self.pk.turns], nargs=1
+            ["XREAD", "COUNT", 2, "BLOCK", read_block_ms, "STREAMS", self.pk.turns], nargs=1
         )
         self._fenced_reads: dict[int, bytes] = {}
         self._stop = asyncio.Event()
@@ -210,17 +212,29 @@ class PartitionWorker:
                 room = await self._wait_room()
                 if room == 0:
                     continue
+                # Slots are reserved before a read, at most the free ones and with no await in between,
+                # so the readers of all partitions never read more between them than there is room
+                # for. A read sent behind a wait for the next entry (_wait_then_read) holds its slot
+                # for as long as the partition is idle, so it asks for one entry, and only while
+                # such holds stay within the capacity's wait budget (idle partitions must not sit on
+                # room a busy one needs); past it, the reader waits holding nothing, then reads.
+                holds = drained and self.capacity.may_hold_for_wait()
+                count = (1 if holds else 0) if drained else min(room, self.read_batch)
+                self.capacity.reserve(count, wait=holds)
+                entries: list[Any] = []
                 try:
                     if last_id is None:
                         last_id = await self._last_delivered()
-                    count = min(room, self.read_batch)
+                    if drained and not holds:
+                        drained = not await self._wait_for_entry(last_id)
+                        continue
                     if drained:
                         # the last read got less than it asked for: wait for the next entry, then read
-                        reply = await self._wait_then_read(last_id, count)
+                        reply, more = await self._wait_then_read(last_id, count)
                     else:
-                        reply = await self._fenced(READ, count)
+                        reply, more = await self._fenced(READ, count), False
                     entries = reply[0][1] if reply else []
-                    drained = len(entries) < count
+                    drained = len(entries) < count and not more
                     if entries:
                         last_id = _text(entries[-1][0])
                 except TRANSIENT as exc:
@@ -235,9 +249,10 @@ class PartitionWorker:
                     await self._ensure_group()
                     last_id = None
                     continue
+                finally:
+                    self.capacity.release(count - len(entries), wait=holds)
                 failures = 0
-                for entry_id, fields in entries:
-                    await self._accept(_text(entry_id), _fields(fields), 1)
+                await self._accept_all([(_text(eid), _fields(fields), 1) for eid, fields in entries])
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -273,8 +288,9 @@ class PartitionWorker:
             raise LeaseLost(self.partition)
         return reply[1] if len(reply) > 1 else None
 
-    async def _wait_then_read(self, after: str, count: int) -> Any:
+    async def _wait_then_read(self, after: str, count: int) -> tuple[Any, bool]:
         """Nothing new to read: wait for an entry past ``after``, then read like :meth:`_fenced`, in one write.
+        Returns the read's reply, and whether the wait saw more entries than ``count`` (read on at once).
 
         The two commands go out together: a plain ``XREAD BLOCK`` past the group's last-delivered id
         ``after`` (no delivery, no side effect), then the fenced ``XREADGROUP`` script. Redis does not
@@ -287,14 +303,15 @@ class PartitionWorker:
         ``sraq bench handoff`` before). The id is tracked from our own fenced reads, the only ones that
         move it, so waiting costs no ``XINFO`` round trip per idle cycle.
 
+        The read asks for few entries (it holds a slot per entry for as long as the partition is idle:
+        see the read loop), so the wait asks for two: Redis runs the read right after the wait ends,
+        and if the wait saw more new entries than the read takes, the caller reads the rest at once
+        instead of waiting again.
+
         Both replies are always read (a reply left unread would be taken for the next command's); a
         connection error or a cancellation drops the connection (:func:`ledger.resp.exchange`).
         """
-        conn = self.reader.connection
-        if conn is None:
-            await self.reader.initialize()  # the held connection: created on first use
-            conn = self.reader.connection
-            assert conn is not None
+        conn = await self._held()
         packed = self._wait_prefix + pack_bulk(after) + self._fenced_read(count)
         # a restarted Redis lost the script: both go again (the wait returns at once if entries came)
         replies = await reloading(self.reader, _FENCED_READ, lambda: exchange(conn, packed, 2))
@@ -302,7 +319,26 @@ class PartitionWorker:
             if isinstance(reply, Exception):
                 raise reply
         # whatever the wait returned (entries, or nil after the block time), the read says what is ours
-        return self._unfenced(replies[1])
+        waited = replies[0][0][1] if replies[0] else []
+        return self._unfenced(replies[1]), len(waited) > count
+
+    async def _wait_for_entry(self, after: str) -> bool:
+        """Wait for an entry past ``after`` (up to the block time) without reading it: the wait of
+        :meth:`_wait_then_read` alone, for when no slot can be held meanwhile. True if one came."""
+        conn = await self._held()
+        (reply,) = await exchange(conn, self._wait_prefix + pack_bulk(after), 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return bool(reply)
+
+    async def _held(self) -> Connection:
+        """The read loop's held connection (created on first use)."""
+        conn = self.reader.connection
+        if conn is None:
+            await self.reader.initialize()
+            conn = self.reader.connection
+            assert conn is not None
+        return conn
 
     async def _last_delivered(self) -> str:
         """The group's last-delivered id (read once; afterwards our own reads tell us)."""
@@ -331,22 +367,31 @@ class PartitionWorker:
         claimed_total = 0
         attempt = 0
         while not self.stopping:
-            await self._wait_room()
+            room = await self._wait_room()
+            if room == 0:
+                continue
+            count = min(room, self.read_batch)
+            self.capacity.reserve(count)  # as the read loop does: never claim more than there is room for
+            entries: list[tuple[str, dict[bytes, bytes] | None]] = []
             try:
-                reply = await self._fenced(CLAIM, self.read_batch, start)
+                reply = await self._fenced(CLAIM, count, start)
                 entries = [(_text(eid), _fields(fields)) for eid, fields in reply[1]]
                 deleted = [_text(d) for d in (reply[2] if len(reply) > 2 else [])]
                 counts = await self._delivery_counts([eid for eid, fields in entries if fields is not None])
             except TRANSIENT as exc:
+                self.capacity.release(count)
                 attempt += 1
                 self.metrics.redis_errors.inc()
                 self.log.warning("recover_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
                 continue
+            except BaseException:
+                self.capacity.release(count)
+                raise
+            self.capacity.release(count - len(entries))
             for entry_id in deleted:
                 await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, 0)
-            for entry_id, fields in entries:
-                await self._accept(entry_id, fields, counts.get(entry_id, 1))
+            await self._accept_all([(eid, fields, counts.get(eid, 1)) for eid, fields in entries])
             claimed_total += len(entries) + len(deleted)
             next_id = _text(reply[0])
             if next_id == "0-0":
@@ -363,21 +408,38 @@ class PartitionWorker:
         )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
-    async def _accept(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
-        """Decode one entry and queue it in its conversation's lane, or dead-letter it."""
+    async def _accept_all(self, read: list[tuple[str, dict[bytes, bytes] | None, int]]) -> None:
+        """Queue the entries of one read (id, fields, deliveries) in their lanes, each on one of the
+        slots reserved for the read; a dead-lettered entry gives its slot back, as does every entry
+        not reached when this stops early (an error; they stay pending in the stream)."""
+        left = len(read)
+        try:
+            for entry_id, fields, deliveries in read:
+                queued = await self._accept(entry_id, fields, deliveries)
+                left -= 1
+                if not queued:
+                    self.capacity.release(1)
+        except BaseException:
+            self.capacity.release(left)
+            raise
+
+    async def _accept(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> bool:
+        """Decode one entry and queue it in its conversation's lane on a reserved slot (True), or
+        dead-letter it (False)."""
         if fields is None:  # Redis 6.2 XAUTOCLAIM / history read of an entry trimmed while pending
             await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, deliveries)
-            return
+            return False
         try:
             turn = decode_entry(fields, max_content_bytes=self.max_content_bytes)
         except InvalidTurn as exc:
             await self._dead(entry_id, "invalid", exc.reason, fields, deliveries)
-            return
+            return False
         if deliveries > self.max_deliveries:
             reason = f"delivered {deliveries} times (max {self.max_deliveries})"
             await self._dead(entry_id, "deliveries", reason, fields, deliveries)
-            return
-        self.lanes.submit(turn.conversation_id, Entry(entry_id, turn, deliveries))
+            return False
+        self.lanes.submit(turn.conversation_id, Entry(entry_id, turn, deliveries), reserved=True)
+        return True
 
     async def _dead(self, entry_id: str, kind: str, reason: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         """Move an entry to the dead-letter stream and acknowledge it (one fenced Lua step)."""

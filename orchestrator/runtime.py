@@ -155,7 +155,7 @@ class Orchestrator:
             outbox_feed=self.dispatcher,
         )
         self.membership = Membership(self.redis, self.keys, self.instance_id, s.lease_ms)
-        self.metrics.in_flight.set_function(lambda: self.capacity.used)
+        self.metrics.in_flight.set_function(lambda: self.capacity.in_flight)
         try:
             if s.metrics_port:
                 self._server = MetricsServer(self.metrics, self.health, s.metrics_host, s.metrics_port)
@@ -227,7 +227,7 @@ class Orchestrator:
 
     async def _stop(self) -> None:
         self.state = State.STOPPING
-        self.log.info("orchestrator_stopping", partitions=sorted(self.partitions), in_flight=self.capacity.used)
+        self.log.info("orchestrator_stopping", partitions=sorted(self.partitions), in_flight=self.capacity.in_flight)
         self._wake.set()
         workers = list(self.partitions.values())
         for worker in workers:
@@ -433,7 +433,7 @@ class Orchestrator:
             "instance": self.instance_id,
             "state": self.state.value,
             "partitions": sorted(self.partitions),
-            "in_flight": self.capacity.used,
+            "in_flight": self.capacity.in_flight,
             "last_tick_ms_ago": None if age is None else round(age * 1000, 1),
             "relay": None if self.dispatcher is None else sorted(self.dispatcher.partitions),
         }

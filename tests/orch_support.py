@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from intent.backend import Decision, DecisionRequest
 from ledger import Keys, Ledger
 from orchestrator.local_redis import free_port
 from orchestrator.partition import GROUP
+from orchestrator.scripted import ScriptedBackend
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,3 +149,51 @@ class Instance:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class JitterRouter:
+    """The scripted router's decisions after a random wait of up to ``max_ms``: turns that are not
+    kept in order by the loop finish out of their arrival order."""
+
+    name = "scripted"
+
+    def __init__(self, max_ms: float, seed: int = 7) -> None:
+        self.inner = ScriptedBackend()
+        self.max_s = max_ms / 1000
+        self.rng = random.Random(seed)
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        await asyncio.sleep(self.rng.uniform(0, self.max_s))
+        return await self.inner.decide(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class GateRouter:
+    """Holds every decision until ``gate`` is set, counting the decisions held at once (``waiting``,
+    its high-water mark ``peak``) and by conversation."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.inner = ScriptedBackend()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.peak = 0
+        self.by_conversation: dict[str, int] = {}
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        conv = request.conversation_id
+        self.waiting += 1
+        self.peak = max(self.peak, self.waiting)
+        self.by_conversation[conv] = self.by_conversation.get(conv, 0) + 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+            self.by_conversation[conv] -= 1
+        return await self.inner.decide(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 
 from ledger import (
     Ack,
+    ApplyCall,
     CancelOp,
     DecisionEvent,
     DecisionMeta,
@@ -267,6 +268,23 @@ async def test_applied_record_is_bounded(redis: Redis, keys: Keys, monkeypatch: 
     assert await redis.zcard(ck.applied) == 5
     assert await redis.hlen(ck.results) == 5
     assert await led.was_applied(CONV, "t11") and not await led.was_applied(CONV, "t0")
+
+
+async def test_applied_record_keeps_the_newest_of_turns_applied_in_one_millisecond(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turns applied back to back (one pipelined write: mostly within one millisecond) are trimmed
+    oldest first, not by turn id ("t10" sorts before "t2")."""
+    import ledger.store as store
+
+    monkeypatch.setattr(store, "APPLIED_KEEP", 3)
+    monkeypatch.setattr(store, "APPLIED_TTL_MS", 0)
+    led = Ledger(redis, keys)
+    results = await led.apply_many([ApplyCall(CONV, None, f"t{i}", [NoteOp()]) for i in range(2, 12)])
+    assert [r.version for r in results if not isinstance(r, Exception)] == list(range(1, 11))
+    kept = await redis.zrange(keys.conversation(CONV).applied, 0, -1)
+    assert kept == [b"t9", b"t10", b"t11"]
+    assert [await led.was_applied(CONV, f"t{i}") for i in (8, 9, 10, 11)] == [False, True, True, True]
 
 
 async def test_keys_share_partition_hash_tag(keys: Keys) -> None:

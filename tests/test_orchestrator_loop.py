@@ -14,7 +14,14 @@ from ledger.turns import Publisher, make_turn
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from orchestrator.turn_processor import TurnRecord
-from tests.orch_support import applied_total, assert_exactly_once, loop_settings, pending_total, wait_until
+from tests.orch_support import (
+    JitterRouter,
+    applied_total,
+    assert_exactly_once,
+    loop_settings,
+    pending_total,
+    wait_until,
+)
 
 
 async def _decisions(redis: Redis, keys: Keys) -> list[DecisionEvent]:
@@ -25,10 +32,12 @@ async def _decisions(redis: Redis, keys: Keys) -> list[DecisionEvent]:
 
 
 async def test_ordering_200_conversations_x_20_turns(redis_url: str, prefix: str, redis: Redis) -> None:
+    """Every conversation's turns commit in publish order, each once. The router takes a random
+    0-5 ms per decision, so turns the loop did not keep in order would finish out of order."""
     settings = loop_settings(redis_url, prefix, max_in_flight=256)
     keys = settings.keys()
     records: list[TurnRecord] = []
-    orch = Orchestrator(settings, ScriptedBackend(), observer=records.append)
+    orch = Orchestrator(settings, JitterRouter(max_ms=5), observer=records.append)
     await orch.start()
     publisher = Publisher(redis, keys)
     convs = [f"order-{c}" for c in range(200)]

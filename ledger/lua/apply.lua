@@ -220,7 +220,11 @@ end
 -- applied-turn record, bounded: keep every turn younger than ttl OR among the newest keep
 local created_csv = table.concat(created, ',')
 local touched_csv = table.concat(touched, ',')
-redis.call('ZADD', KEYS[5], now, req.turn)
+-- score: the applied-at ms times 1024 plus the conversation's applied count mod 1024, so turns applied
+-- within one millisecond keep their order (on a plain ms score they tie, and ties sort by turn id:
+-- the trim below then dropped a newer turn before an older one). Formatted with %d: Lua prints
+-- numbers with 14 significant digits, and the score has 16.
+redis.call('ZADD', KEYS[5], string.format('%d', now * 1024 + applied_turns % 1024), req.turn)
 redis.call('HSET', KEYS[6], req.turn, version .. '|' .. created_csv .. '|' .. touched_csv)
 -- the record never holds more turns than were applied: no need to count it before there were as many
 local n = 0
@@ -231,7 +235,8 @@ if n > req.applied_keep then
   local old = redis.call('ZRANGE', KEYS[5], 0, last, 'WITHSCORES')
   local drop = {}
   for i = 1, #old, 2 do
-    if tonumber(old[i + 1]) <= now - req.applied_ttl_ms then table.insert(drop, old[i]) end
+    -- applied at or before now - ttl (the score's ms part; see the ZADD above)
+    if tonumber(old[i + 1]) < (now - req.applied_ttl_ms + 1) * 1024 then table.insert(drop, old[i]) end
   end
   if #drop > 0 then
     redis.call('ZREM', KEYS[5], unpack(drop))

@@ -1,0 +1,122 @@
+"""Lanes and backpressure in the running loop, against real Redis: conversations run concurrently,
+one conversation's turns one at a time, and the in-flight bound holds across partitions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from ledger import Keys
+from ledger.turns import Publisher, make_turn
+from orchestrator.partition import GROUP
+from orchestrator.runtime import Orchestrator
+from orchestrator.turn_processor import TurnRecord
+from tests.orch_support import GateRouter, applied_total, loop_settings, pending_total, wait_until
+
+#: decisions are held at a gate for as long as a test needs: no timeout may end them meanwhile
+HOLD_MS = 60_000
+
+
+async def _settled() -> None:
+    """Let the loop run on for a moment: anything it would still read or start, it has by then."""
+    await asyncio.sleep(0.3)
+
+
+async def test_conversations_run_concurrently_and_each_one_serially(redis_url: str, prefix: str, redis: Redis) -> None:
+    settings = loop_settings(redis_url, prefix, decision_timeout_ms=HOLD_MS)
+    keys = settings.keys()
+    router = GateRouter()
+    records: list[TurnRecord] = []
+    orch = Orchestrator(settings, router, observer=records.append)
+    publisher = Publisher(redis, keys)
+    others = [f"par-{c}" for c in range(12)]
+    await publisher.publish_many([make_turn(c, "hello", turn_id=f"{c}-1") for c in others])
+    await publisher.publish_many([make_turn("serial", f"message {i}", turn_id=f"serial-{i}") for i in range(5)])
+    await orch.start()
+    try:
+
+        async def all_held() -> bool:
+            return router.waiting == 13
+
+        # 13 decisions held at once: the 12 conversations and the first turn of "serial"
+        await wait_until(all_held, 10, "13 decisions held at once")
+        await wait_until(lambda: _pending_is(redis, keys, 17), 10, "all 17 turns read")
+        await _settled()
+        assert router.waiting == 13 and router.by_conversation["serial"] == 1
+        router.gate.set()
+        await wait_until(lambda: _applied_is(redis, keys, [*others, "serial"], 17), 10, "17 turns applied")
+    finally:
+        router.gate.set()
+        await orch.stop()
+    assert [r.turn_id for r in records if r.conversation_id == "serial"] == [f"serial-{i}" for i in range(5)]
+    assert router.peak == 13
+
+
+async def test_in_flight_bound_holds_across_partitions(redis_url: str, prefix: str, redis: Redis) -> None:
+    """16 partitions, a bound of 10: 10 turns in flight and 10 entries read, not a read's worth per
+    partition; the rest stays unread in the streams until there is room."""
+    settings = loop_settings(redis_url, prefix, partitions=16, max_in_flight=10, decision_timeout_ms=HOLD_MS)
+    keys = settings.keys()
+    router = GateRouter()
+    orch = Orchestrator(settings, router)
+    convs = [f"bp-{c}" for c in range(80)]
+    turns = [make_turn(c, f"turn {i}", turn_id=f"{c}-{i}") for i in range(2) for c in convs]
+    await Publisher(redis, keys).publish_many(turns)
+    assert len({keys.partition_of(c) for c in convs}) == 16
+    await orch.start()
+    try:
+
+        async def full() -> bool:
+            return orch.capacity.in_flight == 10
+
+        # 10 turns in the lanes (decisions held, or queued behind their conversation's held one)
+        await wait_until(full, 10, "10 turns in flight")
+        await _settled()
+        assert orch.capacity.in_flight == 10 and 1 <= router.waiting <= 10
+        assert await pending_total(redis, keys) == 10  # delivered to us == in flight: reading stopped
+        router.gate.set()
+        await wait_until(lambda: _applied_is(redis, keys, convs, 160), 30, "160 turns applied")
+    finally:
+        router.gate.set()
+        await orch.stop()
+    assert router.peak <= 10 and orch.capacity.peak == 10
+    assert await pending_total(redis, keys) == 0
+
+
+async def test_recovery_claims_no_more_than_there_is_room_for(redis_url: str, prefix: str, redis: Redis) -> None:
+    """A dead owner left 100 entries pending: the new owner claims them as room frees, not all at once."""
+    settings = loop_settings(redis_url, prefix, partitions=1, max_in_flight=10, decision_timeout_ms=HOLD_MS)
+    keys = settings.keys()
+    stream = keys.partition(0).turns
+    convs = [f"rc-{c}" for c in range(100)]
+    await Publisher(redis, keys).publish_many([make_turn(c, "hello", turn_id=f"{c}-1") for c in convs])
+    await redis.xgroup_create(stream, GROUP, id="0")
+    assert len((await redis.xreadgroup(GROUP, "dead-owner", {stream: ">"}, count=1000))[0][1]) == 100
+    router = GateRouter()
+    orch = Orchestrator(settings, router)
+    await orch.start()
+    try:
+
+        async def full() -> bool:
+            return router.waiting == 10
+
+        await wait_until(full, 10, "10 decisions held")
+        await _settled()
+        held = {c["name"]: int(c["pending"]) for c in (await redis.xpending(stream, GROUP))["consumers"]}
+        assert held[b"dead-owner"] == 90 and sum(held.values()) == 100, held
+        router.gate.set()
+        await wait_until(lambda: _applied_is(redis, keys, convs, 100), 30, "100 turns applied")
+    finally:
+        router.gate.set()
+        await orch.stop()
+    assert router.peak == 10 and orch.capacity.peak == 10
+    assert await pending_total(redis, keys) == 0
+
+
+async def _pending_is(redis: Redis, keys: Keys, n: int) -> bool:
+    return await pending_total(redis, keys) == n
+
+
+async def _applied_is(redis: Redis, keys: Keys, convs: list[str], n: int) -> bool:
+    return await applied_total(redis, keys, convs) == n

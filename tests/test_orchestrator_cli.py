@@ -19,6 +19,7 @@ from orchestrator.cli import cli
 from orchestrator.local_redis import free_port
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
+from orchestrator.settings import redact_url
 from tests.orch_support import ROOT, loop_settings
 
 TAIL_KEYS = {"conversation_id", "turn_id", "action", "args", "tier", "confidence", "latency_ms"}
@@ -163,11 +164,16 @@ async def test_metrics_and_health_endpoints(redis_url: str, prefix: str) -> None
 
 
 def test_bench_loop_json(redis_url: str) -> None:
-    env = {**os.environ, "SRAQ_REDIS_URL": redis_url, "SRAQ_PARTITIONS": "4"}
+    # with a password in the URL (the test server's default user takes any): the JSON's "redis" redacts it
+    scheme, sep, rest = redis_url.partition("://")
+    secret_url = f"{scheme}{sep}default:s3cret@{rest}" if "@" not in rest else redis_url
+    env = {**os.environ, "SRAQ_REDIS_URL": secret_url, "SRAQ_PARTITIONS": "4"}
     res = sraq(env, "bench", "loop", "--turns", "300", "--conversations", "20", "--rate", "200", "--seconds", "0.5",
                "--backend", "scripted", "--json", timeout=100)  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert "s3cret" not in res.stdout + res.stderr
     out = json.loads(res.stdout)
+    assert out["redis"] == redact_url(secret_url) and "***@" in out["redis"]
     assert out["turns"] == 300 and out["conversations"] == 20
     for key in ("throughput_turns_per_s", "floor_turns_per_s", "ratio_to_floor"):
         assert isinstance(out[key], float) and out[key] > 0

@@ -36,7 +36,7 @@ def sraq(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Com
     )  # fmt: skip
 
 
-async def asraq(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+async def asraq(env: dict[str, str], *args: str | bytes) -> tuple[int, str, str]:
     """The CLI as a subprocess without blocking the event loop (an orchestrator may run in it)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator", *args, env=env, cwd=ROOT,
@@ -68,6 +68,24 @@ async def test_publish_refuses_bad_input_with_exit_2(redis_url: str, prefix: str
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"conversation_id": "c1", "content": "x", "colour": "red"}\n')
     cases += [("publish", "--from-file", str(bad), "--json"), ("publish", "--from-file", str(unknown))]
+    # not UTF-8: a lone surrogate (what undecodable argv bytes become), raw bytes and a \ud800 escape in a file
+    not_utf8 = tmp_path / "not_utf8.jsonl"
+    not_utf8.write_bytes(
+        b'{"conversation_id": "c1", "content": "fine"}\n{"conversation_id": "c1", "content": "\xff"}\n'
+    )
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"conversation_id": "c1", "content": "lone \\ud800 half"}\n')
+    utf8_cases = [
+        ("publish", "c1", "lone \ud800 half"),
+        ("publish", "--from-file", str(not_utf8), "--json"),
+        ("publish", "--from-file", str(surrogate)),
+    ]
+    cases += utf8_cases
+    robot = tmp_path / "robot.jsonl"
+    robot.write_text('{"conversation_id": "c1", "content": "x", "role": "robot"}\n')
+    number = tmp_path / "number.jsonl"
+    number.write_text('{"conversation_id": "c1", "content": 5}\n')
+    cases += [("publish", "--from-file", str(robot)), ("publish", "--from-file", str(number))]
     # the refusal matrix in-process (the real command code; the interpreter start costs ~2 s a call here)
     runner = CliRunner()
     results = []
@@ -79,16 +97,25 @@ async def test_publish_refuses_bad_input_with_exit_2(redis_url: str, prefix: str
         assert err.strip().splitlines()[-1].startswith(("sraq: ", "Error: ")), (args, err)
         if args[0] == "publish" and len(args) > 2:
             assert len(err.strip().splitlines()) == 1, (args, err)  # our own refusals: one clear line
-    assert f"{bad}:2:" in results[-2][2] and "conversation id" in results[-2][2]
+    bad_err, utf8_errs = results[-7][2], [err for _code, _out, err in results[-5:-2]]
+    assert f"{robot}:1: unknown role 'robot'" in results[-2][2]
+    assert f"{number}:1: bad line: Expected `str`, got `int` - at `$.content`" in results[-1][2]
+    assert f"{bad}:2:" in bad_err and "conversation id" in bad_err
+    assert "content is not valid UTF-8" in utf8_errs[0]
+    assert f"{not_utf8}:2: line is not valid UTF-8 (byte 39 of the line)" in utf8_errs[1]
+    assert f"{surrogate}:1: content is not valid UTF-8" in utf8_errs[2]
     assert await _stream_lengths(redis, prefix) == 0  # nothing published by any refused call
     unreachable = {**env, "SRAQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     # and through the real entry point (python -m orchestrator)
-    (code, _, err), (tier_code, _, tier_err), (file_code, _, file_err) = await asyncio.gather(
+    (code, _, err), (tier_code, _, tier_err), (file_code, _, file_err), (argv_code, _, argv_err) = await asyncio.gather(
         asraq(unreachable, "publish", "c1", "hi"),
         asraq({**env, "SRAQ_INTENT_TIERS": "nope"}, "orchestrator"),
         asraq(env, "publish", "--from-file", str(bad)),
+        asraq(env, "publish", "c1", b"raw \xff byte"),  # argv bytes that are not UTF-8
     )
     assert file_code == 2 and f"{bad}:2:" in file_err
+    assert argv_code == 2 and argv_err.strip() == "sraq: content is not valid UTF-8 (character 4: '\\udcff')"
+    assert await _stream_lengths(redis, prefix) == 0
     assert code == 1 and "cannot reach Redis" in err and len(err.strip().splitlines()) == 1
     assert tier_code == 2 and "unknown intent tier" in tier_err
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -163,6 +164,9 @@ async def test_publish_ledger_audit_tail_json(redis_url: str, prefix: str, redis
     ]  # fmt: skip
     assert {"turn_id", "op", "task_id", "action", "tier", "confidence", "ledger_version", "at"} <= set(audit[0])
     assert audit[0]["tier"] == "scripted" and audit[0]["confidence"] == 1.0
+    # epoch milliseconds (INTERFACES.md: times are ms unless the key says otherwise), oldest first
+    assert all(isinstance(a["at"], float) and abs(a["at"] - time.time() * 1000) < 600_000 for a in audit)
+    assert audit[0]["at"] <= audit[1]["at"]
     code, out, _ = await asraq(env, "ledger", "never-seen", "--json")
     assert code == 0 and json.loads(out) == {"conversation_id": "never-seen", "version": 0, "tasks": [],
                                              "applied_turns": 0}  # fmt: skip

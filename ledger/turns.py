@@ -96,13 +96,12 @@ def validate_turn(turn: Turn, *, max_content_bytes: int = DEFAULT_MAX_CONTENT_BY
             raise InvalidTurn(f"unknown role {turn.role!r}; use one of user, assistant, tool") from None
     if not isinstance(turn.content, str):
         raise InvalidTurn(f"content must be text (str), not {type(turn.content).__name__}")
-    size = len(turn.content.encode("utf-8", "surrogatepass"))
-    if size > max_content_bytes:
-        raise InvalidTurn(f"content is {size} bytes; the limit is {max_content_bytes}")
-    try:
-        turn.content.encode("utf-8")
+    try:  # one encode checks both (this runs for every turn the orchestrator reads)
+        size = len(turn.content.encode("utf-8"))
     except UnicodeEncodeError as exc:  # a lone surrogate, e.g. undecodable bytes read with surrogateescape
         raise InvalidTurn(f"content is not valid UTF-8 (character {exc.start}: {turn.content[exc.start]!r})") from None
+    if size > max_content_bytes:
+        raise InvalidTurn(f"content is {size} bytes; the limit is {max_content_bytes}")
     if not isinstance(turn.channel, str) or not turn.channel or len(turn.channel) > 32:
         raise InvalidTurn("channel must be 1-32 characters")
     try:

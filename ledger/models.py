@@ -202,7 +202,11 @@ class LedgerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One append-only audit record: who changed what, from which turn and decision, before/after."""
+    """One append-only audit record: who changed what, from which turn and decision, before/after.
+
+    ``at`` is the commit time in epoch milliseconds (the Redis server clock), like ``Task.created_at``
+    and ``Message.at``; ``sraq audit --json`` prints it as is.
+    """
 
     entry_id: str
     turn_id: str

@@ -392,7 +392,7 @@ def _audit_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
         reason=_opt_str(f("reason")),
         ledger_version=int(f("lv")),
         task_version=int(tv) if tv else None,
-        at=int(f("at")) / 1000.0,
+        at=float(f("at")),  # epoch ms as the script wrote it, like Task.created_at and Message.at
         before=_task_decoder.decode(before) if before else None,
         after=_task_decoder.decode(after) if after else None,
         raw=_opt_str(f("raw")),

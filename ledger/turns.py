@@ -76,26 +76,41 @@ def new_turn_id() -> str:
 
 
 def validate_turn(turn: Turn, *, max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> Turn:
-    """Check ids, size and consistency; returns the turn or raises InvalidTurn."""
-    if not CONVERSATION_ID_RE.match(turn.conversation_id):
+    """Check ids, role, content (text, valid UTF-8, size) and consistency; returns the turn or raises
+    InvalidTurn.
+
+    ``Turn(...)`` itself checks no types (a msgspec struct validates only when decoded), so a Python
+    caller's ``Turn(role="robot")`` or bytes content is caught here, before anything is written.
+    """
+    if not isinstance(turn.conversation_id, str) or not CONVERSATION_ID_RE.match(turn.conversation_id):
         raise InvalidTurn(
-            f"invalid conversation id {turn.conversation_id[:40]!r}: 1-128 chars of letters, digits and ._:@- "
-            "starting with a letter or digit"
+            f"invalid conversation id {str(turn.conversation_id)[:40]!r}: 1-128 chars of letters, digits and "
+            "._:@- starting with a letter or digit"
         )
-    if not TURN_ID_RE.match(turn.turn_id):
-        raise InvalidTurn(f"invalid turn id {turn.turn_id[:40]!r}: 1-128 chars of letters, digits and ._:@-")
-    size = len(turn.content.encode("utf-8", "surrogatepass"))
+    if not isinstance(turn.turn_id, str) or not TURN_ID_RE.match(turn.turn_id):
+        raise InvalidTurn(f"invalid turn id {str(turn.turn_id)[:40]!r}: 1-128 chars of letters, digits and ._:@-")
+    if type(turn.role) is not Role:  # decoded turns always hold the enum; a Python caller may pass a str
+        try:
+            Role(turn.role)
+        except ValueError:
+            raise InvalidTurn(f"unknown role {turn.role!r}; use one of user, assistant, tool") from None
+    if not isinstance(turn.content, str):
+        raise InvalidTurn(f"content must be text (str), not {type(turn.content).__name__}")
+    try:  # one encode checks both (this runs for every turn the orchestrator reads)
+        size = len(turn.content.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. undecodable bytes read with surrogateescape
+        raise InvalidTurn(f"content is not valid UTF-8 (character {exc.start}: {turn.content[exc.start]!r})") from None
     if size > max_content_bytes:
         raise InvalidTurn(f"content is {size} bytes; the limit is {max_content_bytes}")
-    try:
-        turn.content.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTurn("content is not valid UTF-8") from None
-    if not turn.channel or len(turn.channel) > 32:
+    if not isinstance(turn.channel, str) or not turn.channel or len(turn.channel) > 32:
         raise InvalidTurn("channel must be 1-32 characters")
+    try:
+        turn.channel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTurn("channel is not valid UTF-8") from None
     if (turn.task_id is None) != (turn.event is None):
         raise InvalidTurn("task events need both task_id and event")
-    if turn.event is not None and turn.role is not Role.TOOL:
+    if turn.event is not None and turn.role != Role.TOOL:
         raise InvalidTurn("task events must have role 'tool'")
     return turn
 

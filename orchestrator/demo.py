@@ -32,7 +32,7 @@ from orchestrator.commands.common import percentile
 from orchestrator.decision_feed import follow
 from orchestrator.demo_script import Conversation, Say, WaitTask, conversations
 from orchestrator.local_redis import LocalRedis, free_port, redis_reachable
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, redact_url
 
 STEP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
@@ -251,7 +251,8 @@ async def demo_stack(settings: Settings, console: Console, *, workers: int) -> A
     if not redis_reachable(url):
         local = LocalRedis(data_dir=workdir / "redis").start()  # raises with the install hint
         url = local.url
-        console.print(f"[dim]no Redis at {settings.redis_url}; started a private redis-server at {url}[/dim]")
+        shown = redact_url(settings.redis_url)
+        console.print(f"[dim]no Redis at {shown}; started a private redis-server at {url}[/dim]")
     env = {
         **os.environ,
         "SRAQ_REDIS_URL": url,
@@ -265,7 +266,8 @@ async def demo_stack(settings: Settings, console: Console, *, workers: int) -> A
     }
     stack = ProcessStack(env, workdir, workers)
     redis = Redis.from_url(url)
-    console.print(f"[bold]sraq[/bold]: tiers={settings.intent_tiers} redis={url} prefix={prefix} logs={workdir}")
+    shown = redact_url(url)  # the user's URL may carry a password
+    console.print(f"[bold]sraq[/bold]: tiers={settings.intent_tiers} redis={shown} prefix={prefix} logs={workdir}")
     try:
         await stack.start()
         yield redis, Keys(prefix=prefix, partitions=settings.partitions)

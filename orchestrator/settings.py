@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from typing import Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger import Keys
+
+#: Query parameters of a Redis URL that redis-py passes to the connection as credentials.
+SECRET_URL_PARAMS = frozenset({"password", "username"})
 
 
 def default_embedded_processes() -> int:
@@ -20,6 +24,31 @@ def default_embedded_processes() -> int:
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 1 if cpus >= 2 else 0
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to print or log: the user info (``user:password@``) becomes ``***@`` and the value
+    of a ``password=``/``username=`` query parameter ``***``; scheme, host, port, path and db stay.
+
+    The whole user info goes, not only the password: redis-py reads ``redis://s3cret@host`` as a user
+    name, but people write that form meaning a password. Plain string surgery rather than
+    ``urllib.parse`` round trips, which rewrite ``unix:///path`` as ``unix:/path``.
+    """
+    head, sep, query = url.partition("?")
+    scheme, has_scheme, rest = head.partition("://")
+    if not has_scheme:
+        scheme, rest = "", head
+    if "@" in rest:  # the last "@": an unencoded "/" or "#" in a password must not shorten the cut
+        rest = "***@" + rest.rpartition("@")[2]
+    redacted = f"{scheme}{has_scheme}{rest}"
+    if sep:
+        pieces = query.split("&")
+        for i, piece in enumerate(pieces):
+            name = piece.partition("=")[0]
+            if unquote(name).lower() in SECRET_URL_PARAMS:
+                pieces[i] = f"{name}=***"
+        redacted += sep + "&".join(pieces)
+    return redacted
 
 
 class Settings(BaseSettings):

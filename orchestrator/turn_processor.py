@@ -256,10 +256,15 @@ class TurnProcessor:
             detail = f"ledger kept changing after {self.conflict_retries} re-decisions"
             plan = self._failed(turn, event_op, "conflict", detail, [])
             result = await commit.fallback(plan)
+        # debug, not info: one line per turn would flood the log at thousands of turns/s.
+        # decision_latency_ms: the model's time on this turn (every re-decision after a conflict
+        # included); processing_ms: from the read of the entry to its commit (the decision included)
         self._log.debug(
             "turn_committed", conversation_id=conv, turn_id=turn.turn_id, entry_id=entry.entry_id,
             partition=lease.partition, token=lease.token, action=plan.meta.action, tier=plan.meta.tier,
             version=result.version, duplicate=result.duplicate, deliveries=entry.deliveries,
+            decision_latency_ms=round(model_s * 1000, 3),
+            processing_ms=round((time.perf_counter() - entry.read_at) * 1000, 3),
         )  # fmt: skip
         overhead_ms = max(0.0, (time.perf_counter() - entry.read_at - model_s) * 1000)
         self.metrics.overhead.observe(overhead_ms / 1000)

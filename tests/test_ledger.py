@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from redis.asyncio import Redis
 
@@ -167,6 +169,9 @@ async def test_audit_records_decision_and_before_after(ledger: Ledger) -> None:
     assert trail[1].after is not None and trail[1].after.last_update == "y"
     assert [e.ledger_version for e in trail] == [1, 2, 3]
     assert [e.turn_id for e in await ledger.audit(CONV, task_id="task-1")] == ["t0", "t1"]
+    # ``at`` is epoch milliseconds, the unit of the task times written by the same commit
+    assert trail[0].at == float(trail[0].after.created_at) and trail[1].at == float(trail[1].after.updated_at)
+    assert abs(trail[2].at - time.time() * 1000) < 60_000
 
 
 async def test_outbox_entries(ledger: Ledger, redis: Redis, keys: Keys) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +20,7 @@ from orchestrator.cli import cli
 from orchestrator.local_redis import free_port
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
+from orchestrator.settings import redact_url
 from tests.orch_support import ROOT, loop_settings
 
 TAIL_KEYS = {"conversation_id", "turn_id", "action", "args", "tier", "confidence", "latency_ms"}
@@ -35,7 +37,7 @@ def sraq(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Com
     )  # fmt: skip
 
 
-async def asraq(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+async def asraq(env: dict[str, str], *args: str | bytes) -> tuple[int, str, str]:
     """The CLI as a subprocess without blocking the event loop (an orchestrator may run in it)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator", *args, env=env, cwd=ROOT,
@@ -67,6 +69,24 @@ async def test_publish_refuses_bad_input_with_exit_2(redis_url: str, prefix: str
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"conversation_id": "c1", "content": "x", "colour": "red"}\n')
     cases += [("publish", "--from-file", str(bad), "--json"), ("publish", "--from-file", str(unknown))]
+    # not UTF-8: a lone surrogate (what undecodable argv bytes become), raw bytes and a \ud800 escape in a file
+    not_utf8 = tmp_path / "not_utf8.jsonl"
+    not_utf8.write_bytes(
+        b'{"conversation_id": "c1", "content": "fine"}\n{"conversation_id": "c1", "content": "\xff"}\n'
+    )
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"conversation_id": "c1", "content": "lone \\ud800 half"}\n')
+    utf8_cases = [
+        ("publish", "c1", "lone \ud800 half"),
+        ("publish", "--from-file", str(not_utf8), "--json"),
+        ("publish", "--from-file", str(surrogate)),
+    ]
+    cases += utf8_cases
+    robot = tmp_path / "robot.jsonl"
+    robot.write_text('{"conversation_id": "c1", "content": "x", "role": "robot"}\n')
+    number = tmp_path / "number.jsonl"
+    number.write_text('{"conversation_id": "c1", "content": 5}\n')
+    cases += [("publish", "--from-file", str(robot)), ("publish", "--from-file", str(number))]
     # the refusal matrix in-process (the real command code; the interpreter start costs ~2 s a call here)
     runner = CliRunner()
     results = []
@@ -78,16 +98,25 @@ async def test_publish_refuses_bad_input_with_exit_2(redis_url: str, prefix: str
         assert err.strip().splitlines()[-1].startswith(("sraq: ", "Error: ")), (args, err)
         if args[0] == "publish" and len(args) > 2:
             assert len(err.strip().splitlines()) == 1, (args, err)  # our own refusals: one clear line
-    assert f"{bad}:2:" in results[-2][2] and "conversation id" in results[-2][2]
+    bad_err, utf8_errs = results[-7][2], [err for _code, _out, err in results[-5:-2]]
+    assert f"{robot}:1: unknown role 'robot'" in results[-2][2]
+    assert f"{number}:1: bad line: Expected `str`, got `int` - at `$.content`" in results[-1][2]
+    assert f"{bad}:2:" in bad_err and "conversation id" in bad_err
+    assert "content is not valid UTF-8" in utf8_errs[0]
+    assert f"{not_utf8}:2: line is not valid UTF-8 (byte 39 of the line)" in utf8_errs[1]
+    assert f"{surrogate}:1: content is not valid UTF-8" in utf8_errs[2]
     assert await _stream_lengths(redis, prefix) == 0  # nothing published by any refused call
     unreachable = {**env, "SRAQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     # and through the real entry point (python -m orchestrator)
-    (code, _, err), (tier_code, _, tier_err), (file_code, _, file_err) = await asyncio.gather(
+    (code, _, err), (tier_code, _, tier_err), (file_code, _, file_err), (argv_code, _, argv_err) = await asyncio.gather(
         asraq(unreachable, "publish", "c1", "hi"),
         asraq({**env, "SRAQ_INTENT_TIERS": "nope"}, "orchestrator"),
         asraq(env, "publish", "--from-file", str(bad)),
+        asraq(env, "publish", "c1", b"raw \xff byte"),  # argv bytes that are not UTF-8
     )
     assert file_code == 2 and f"{bad}:2:" in file_err
+    assert argv_code == 2 and argv_err.strip() == "sraq: content is not valid UTF-8 (character 4: '\\udcff')"
+    assert await _stream_lengths(redis, prefix) == 0
     assert code == 1 and "cannot reach Redis" in err and len(err.strip().splitlines()) == 1
     assert tier_code == 2 and "unknown intent tier" in tier_err
 
@@ -135,6 +164,9 @@ async def test_publish_ledger_audit_tail_json(redis_url: str, prefix: str, redis
     ]  # fmt: skip
     assert {"turn_id", "op", "task_id", "action", "tier", "confidence", "ledger_version", "at"} <= set(audit[0])
     assert audit[0]["tier"] == "scripted" and audit[0]["confidence"] == 1.0
+    # epoch milliseconds (INTERFACES.md: times are ms unless the key says otherwise), oldest first
+    assert all(isinstance(a["at"], float) and abs(a["at"] - time.time() * 1000) < 600_000 for a in audit)
+    assert audit[0]["at"] <= audit[1]["at"]
     code, out, _ = await asraq(env, "ledger", "never-seen", "--json")
     assert code == 0 and json.loads(out) == {"conversation_id": "never-seen", "version": 0, "tasks": [],
                                              "applied_turns": 0}  # fmt: skip
@@ -163,11 +195,16 @@ async def test_metrics_and_health_endpoints(redis_url: str, prefix: str) -> None
 
 
 def test_bench_loop_json(redis_url: str) -> None:
-    env = {**os.environ, "SRAQ_REDIS_URL": redis_url, "SRAQ_PARTITIONS": "4"}
+    # with a password in the URL (the test server's default user takes any): the JSON's "redis" redacts it
+    scheme, sep, rest = redis_url.partition("://")
+    secret_url = f"{scheme}{sep}default:s3cret@{rest}" if "@" not in rest else redis_url
+    env = {**os.environ, "SRAQ_REDIS_URL": secret_url, "SRAQ_PARTITIONS": "4"}
     res = sraq(env, "bench", "loop", "--turns", "300", "--conversations", "20", "--rate", "200", "--seconds", "0.5",
                "--backend", "scripted", "--json", timeout=100)  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert "s3cret" not in res.stdout + res.stderr
     out = json.loads(res.stdout)
+    assert out["redis"] == redact_url(secret_url) and "***@" in out["redis"]
     assert out["turns"] == 300 and out["conversations"] == 20
     for key in ("throughput_turns_per_s", "floor_turns_per_s", "ratio_to_floor"):
         assert isinstance(out[key], float) and out[key] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import time
@@ -166,3 +167,32 @@ async def test_sigterm_drains_and_leaves_nothing_pending(redis_url: str, prefix:
 
 async def _some(redis: Redis, keys: Keys, convs: list[str], n: int) -> bool:
     return await applied_total(redis, keys, convs) >= n
+
+
+async def test_json_logs_carry_the_turn_fields_and_the_event_loop(redis_url: str, prefix: str, redis: Redis,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    keys = _keys(prefix)
+    inst = Instance(redis_url, prefix, tmp_path, "logs", SRAQ_LOG_FORMAT="json", SRAQ_LOG_LEVEL="debug").start()
+    ledger = Ledger(redis, keys)
+    try:
+        await Publisher(redis, keys).publish(make_turn("log-conv", "start: book a table", turn_id="log-turn-1"))
+
+        async def applied() -> bool:
+            return await ledger.was_applied("log-conv", "log-turn-1")
+
+        await wait_until(applied, START_S, "the turn to be committed", every=0.05)
+        inst.signal(signal.SIGTERM)
+        assert inst.wait(30) == 0
+    finally:
+        inst.kill()
+    lines = [json.loads(line) for line in inst.log_text().splitlines() if line.strip()]  # every line is JSON
+    [started] = [x for x in lines if x["event"] == "orchestrator_started"]
+    assert started["loop"] == "uvloop" and started["level"] == "info"
+    [committed] = [x for x in lines if x["event"] == "turn_committed"]
+    assert committed["level"] == "debug"  # per turn: debug only
+    assert committed["conversation_id"] == "log-conv" and committed["turn_id"] == "log-turn-1"
+    assert committed["partition"] == keys.partition_of("log-conv")
+    assert committed["tier"] == "scripted" and committed["action"] == "start_task"
+    latency, processing = committed["decision_latency_ms"], committed["processing_ms"]
+    assert isinstance(latency, float) and isinstance(processing, float)
+    assert 0 <= latency <= processing < 30_000

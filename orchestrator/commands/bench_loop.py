@@ -9,7 +9,7 @@ import click
 from orchestrator.commands.common import fail, load_settings, print_json, run
 from orchestrator.local_redis import LocalRedis, RedisServerError, redis_reachable
 from orchestrator.logsetup import configure_logging
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, redact_url
 
 if TYPE_CHECKING:  # the backends and the loop are imported when the command runs (fast CLI start)
     from intent.backend import Backend
@@ -93,15 +93,15 @@ def bench_loop_cmd(
         warmup_seconds=warmup_seconds,
     )
     server: LocalRedis | None = None
-    redis_note = settings.redis_url
+    redis_note = redact_url(settings.redis_url)  # printed in the JSON: never the password
     if not redis_reachable(settings.redis_url):
         try:
             server = LocalRedis().start()
         except RedisServerError as exc:
-            fail(f"Redis at {settings.redis_url} is unreachable and no private one could start: {exc}", 1)
+            fail(f"Redis at {redact_url(settings.redis_url)} is unreachable and no private one could start: {exc}", 1)
         # same host by construction: the Unix socket spares every round trip the TCP stack
         settings = settings.model_copy(update={"redis_url": server.unix_url or server.url})
-        redis_note = f"private redis-server (AOF everysec) at {settings.redis_url}"
+        redis_note = f"private redis-server (AOF everysec) at {redact_url(settings.redis_url)}"
     try:
         result = run(_run(settings, backend, cfg), settings)
     finally:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, redact_url
 
 T = TypeVar("T")
 
@@ -34,9 +34,10 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def redis_hint(url: str, exc: BaseException) -> str:
+    """The one line printed when Redis is unreachable (the URL's credentials redacted)."""
     reason = str(exc).split("\n")[0] or type(exc).__name__
     return (
-        f"cannot reach Redis at {url}: {reason}; start one with 'redis-server' "
+        f"cannot reach Redis at {redact_url(url)}: {reason}; start one with 'redis-server' "
         "or 'docker compose up redis', or set SRAQ_REDIS_URL"
     )
 

@@ -25,8 +25,8 @@ def _check_conversation(conversation: str) -> None:
         fail(f"invalid conversation id {conversation[:40]!r}", 2)
 
 
-def _when(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+def _when(epoch_ms: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 async def _ledger(settings: Settings, conversation: str) -> dict[str, object]:
@@ -92,7 +92,7 @@ async def _audit(settings: Settings, conversation: str, task: str | None) -> lis
             "tier": e.tier,
             "confidence": e.confidence,
             "ledger_version": e.ledger_version,
-            "at": e.at,
+            "at": e.at,  # epoch ms (the contract's default unit; it was seconds before)
             "reason": e.reason,
             "latency_ms": e.latency_ms,
             "task_version": e.task_version,

@@ -33,6 +33,29 @@ class FileTurn(msgspec.Struct, forbid_unknown_fields=True):
 _line_decoder = msgspec.json.Decoder(FileTurn)
 
 
+def parse_line(line: bytes) -> FileTurn:
+    """One ``--from-file`` line; raises msgspec's errors, or UnicodeDecodeError for bytes that are not UTF-8."""
+    try:
+        return _line_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        # msgspec refuses a JSON escape of a lone surrogate ("\ud800") as "Input data was truncated";
+        # the standard parser takes it, so that validation can name the real problem (not valid UTF-8)
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise exc from None
+        return msgspec.convert(obj, FileTurn)
+
+
+def _bad_utf8_at(line: bytes) -> int:
+    """1-based offset of the first byte of ``line`` that is not UTF-8 (0 when it all decodes)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start + 1
+    return 0
+
+
 def read_turns(path: Path, max_content_bytes: int) -> list[Turn]:
     """Parse and validate every line first: one bad line refuses the whole file (nothing published)."""
     turns: list[Turn] = []
@@ -44,7 +67,7 @@ def read_turns(path: Path, max_content_bytes: int) -> list[Turn]:
         if not line.strip():
             continue
         try:
-            row = _line_decoder.decode(line)
+            row = parse_line(line)
             turns.append(
                 make_turn(
                     row.conversation_id,
@@ -55,6 +78,8 @@ def read_turns(path: Path, max_content_bytes: int) -> list[Turn]:
                     max_content_bytes=max_content_bytes,
                 )
             )
+        except UnicodeDecodeError:  # msgspec's own offset is within a string, not the line: find it
+            fail(f"{path}:{number}: line is not valid UTF-8 (byte {_bad_utf8_at(line)} of the line)", 2)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             fail(f"{path}:{number}: bad line: {exc}", 2)
         except InvalidTurn as exc:

@@ -173,6 +173,7 @@ class Orchestrator:
         self.log.info(
             "orchestrator_started", partitions=sorted(self.partitions), metrics_port=self.metrics_port,
             backend=getattr(self.backend, "name", type(self.backend).__name__),
+            loop=event_loop_name(),  # the design requires uvloop: say which one runs
         )  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
@@ -437,3 +438,8 @@ class Orchestrator:
             "last_tick_ms_ago": None if age is None else round(age * 1000, 1),
             "relay": None if self.dispatcher is None else sorted(self.dispatcher.partitions),
         }
+
+
+def event_loop_name() -> str:
+    """The running event loop's implementation: ``uvloop`` or ``asyncio`` (its top-level package)."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]

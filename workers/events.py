@@ -67,8 +67,8 @@ class EventReporter:
         self.last = turn
         log.debug(
             "task_event",
-            conversation=self.conversation_id,
-            task=self.task_id,
+            conversation_id=self.conversation_id,
+            task_id=self.task_id,
             attempt=self.attempt,
             kind=event.value,
         )

@@ -190,7 +190,9 @@ class OutboxEffects:
         )
         self.stats[_ENQUEUED_STAT[done]] += 1
         # the parts, not the job id: built on every entry, the id cost more than the dropped debug line
-        log.debug("dispatched", conversation=entry.conversation_id, task=entry.task_id, dispatch=dispatch, outcome=done)
+        log.debug(
+            "dispatched", conversation_id=entry.conversation_id, task_id=entry.task_id, dispatch=dispatch, outcome=done
+        )
 
     async def _start(self, entry: OutboxEntry, ob: OutboxConn) -> None:
         # one round trip: skipped (and acknowledged) when the ledger closed the task before we got here
@@ -215,7 +217,7 @@ class OutboxEffects:
             return
         run: int = await ob.conn.hincrby(tk.run, "dispatch", 1)  # type: ignore[misc]
         self.stats["redispatched"] += 1
-        log.info("redispatch", conversation=entry.conversation_id, task=entry.task_id, dispatch=run, previous=jid)
+        log.info("redispatch", conversation_id=entry.conversation_id, task_id=entry.task_id, dispatch=run, previous=jid)
         await self._dispatch(entry, ob, run, task.summary, only_if_open=False)  # just read: open
 
     async def _cancel(self, entry: OutboxEntry, ob: OutboxConn) -> None:

@@ -62,7 +62,7 @@ async def run_task(ctx: dict[str, Any], conversation_id: str, task_id: str, disp
     task = await rt.ledger.task(conversation_id, task_id)
     if task is None or not task.is_open:
         status = "unknown" if task is None else task.status.value
-        log.info("task_not_open", conversation=conversation_id, task=task_id, status=status, job=job_id)
+        log.info("task_not_open", conversation_id=conversation_id, task_id=task_id, status=status, job=job_id)
         return f"skipped: task is {status}"
     tk = rt.keys.task(conversation_id, task_id)
     attempt = int(await rt.redis.hincrby(tk.run, "attempt", 1))  # type: ignore[misc]
@@ -83,14 +83,14 @@ async def run_task(ctx: dict[str, Any], conversation_id: str, task_id: str, disp
         events=events,
     )
     await events.started()
-    log.info("task_started", conversation=conversation_id, task=task_id, attempt=attempt, job=job_id)
+    log.info("task_started", conversation_id=conversation_id, task_id=task_id, attempt=attempt, job=job_id)
     try:
         async with asyncio.timeout(rt.config.task_timeout_s):
             result = await rt.handler(context)
     except asyncio.CancelledError:
         stopped = {"stopped_at": repr(time.time()), "stopped_attempt": attempt}
         await asyncio.shield(rt.redis.hset(tk.run, mapping=stopped))  # type: ignore[arg-type]
-        log.info("task_stopped", conversation=conversation_id, task=task_id, attempt=attempt, job=job_id)
+        log.info("task_stopped", conversation_id=conversation_id, task_id=task_id, attempt=attempt, job=job_id)
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -99,16 +99,16 @@ async def run_task(ctx: dict[str, Any], conversation_id: str, task_id: str, disp
         if job_try < rt.config.max_tries and not isinstance(exc, PermanentTaskError):
             delay = rt.config.backoff_s(job_try)
             await events.progress(f"attempt {attempt} failed ({error}); retrying in {delay:g}s")
-            log.warning("task_retry", conversation=conversation_id, task=task_id, attempt=attempt, error=error)
+            log.warning("task_retry", conversation_id=conversation_id, task_id=task_id, attempt=attempt, error=error)
             raise Retry(defer=delay) from exc
-        log.warning("task_failed", conversation=conversation_id, task=task_id, attempt=attempt, error=error)
+        log.warning("task_failed", conversation_id=conversation_id, task_id=task_id, attempt=attempt, error=error)
         await events.failed(error)
         await _expire_task_keys(rt, conversation_id, task_id)
         return f"failed: {error}"
     text = "" if result is None else str(result)
     await events.completed(text)
     await _expire_task_keys(rt, conversation_id, task_id)
-    log.info("task_completed", conversation=conversation_id, task=task_id, attempt=attempt, job=job_id)
+    log.info("task_completed", conversation_id=conversation_id, task_id=task_id, attempt=attempt, job=job_id)
     return text
 
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
-import structlog
 
 from orchestrator.commands.common import fail, load_settings, run
 from orchestrator.logsetup import configure_logging
 from orchestrator.settings import Settings
-
-
-def event_loop_name() -> str:
-    """The running event loop's implementation: ``uvloop`` or ``asyncio`` (its top-level package)."""
-    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 async def _serve(settings: Settings) -> int:
@@ -28,9 +20,6 @@ async def _serve(settings: Settings) -> int:
     except BackendConfigError as exc:
         fail(str(exc), 2)
     apply_gc_policy(settings)  # after the model is loaded: it is frozen with the rest
-    # which event loop runs (the design requires uvloop): bound to the context, so orchestrator_started
-    # and every later line of this process say it (the runtime's tasks copy this context)
-    structlog.contextvars.bind_contextvars(loop=event_loop_name())
     try:
         return await Orchestrator(settings, backend).run()
     finally:

@@ -100,6 +100,9 @@ class Metrics:
         self.pending = Gauge(
             "sraq_stream_pending", "Entries delivered but not yet acknowledged", ["partition"], registry=r
         )
+        self.turns_trimmed = Counter(
+            "sraq_turns_trimmed", "Processed entries trimmed from the owned turn streams", registry=r
+        )
         self.owned = Gauge("sraq_partitions_owned", "Partitions this instance owns", registry=r)
         self.in_flight = Gauge("sraq_turns_in_flight", "Turns read and not yet committed", registry=r)
         self.redis_errors = Counter("sraq_redis_errors", "Redis connection failures seen by the loop", registry=r)

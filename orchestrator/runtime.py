@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from intent.backend import Backend
 from ledger import Ledger
+from ledger.streams import group_row, trim_bound
 from orchestrator.lanes import Capacity
 from orchestrator.membership import Lease, Membership, assignment, default_instance_id
 from orchestrator.metrics import Metrics, MetricsServer
@@ -339,7 +340,7 @@ class Orchestrator:
         self.metrics.owned.set(len(self.partitions))
         if self.dispatcher is not None:
             await self.dispatcher.set_partitions(p for p, w in self.partitions.items() if not w.lost)
-        await self._observe_lag()
+        await self._observe_streams()
 
     def _start_partition(self, lease: Lease) -> None:
         s = self.settings
@@ -404,23 +405,38 @@ class Orchestrator:
                 del self.partitions[worker.partition]
         self.log.info("partition_released", partition=worker.partition)
 
-    async def _observe_lag(self) -> None:
+    async def _observe_streams(self) -> None:
+        """Lag and pending entries of the owned turn streams (metrics), and, with ``trim_turns``, the
+        entries the group is done with trimmed away (:func:`ledger.streams.trim_bound`): one pipeline
+        to look, one to trim, per control tick."""
         if not self.partitions:
             return
         owned = sorted(self.partitions)
+        streams = [self.keys.partition(p).turns for p in owned]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in owned:
-                pipe.xinfo_groups(self.keys.partition(p).turns)
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+                pipe.xpending(stream, GROUP)
             replies = await pipe.execute(raise_on_error=False)
-        for p, groups in zip(owned, replies, strict=True):
+        bounds: list[tuple[str, bytes | str]] = []
+        for p, stream, groups, pending in zip(owned, streams, replies[::2], replies[1::2], strict=True):
             if isinstance(groups, Exception):
                 continue
-            for g in groups:
-                name = g.get("name")
-                if name in (GROUP, GROUP.encode()):
-                    if g.get("lag") is not None:
-                        self.metrics.stream_lag.labels(str(p)).set(int(g["lag"]))
-                    self.metrics.pending.labels(str(p)).set(int(g.get("pending", 0)))
+            group = group_row(groups, GROUP)
+            if group is None:
+                continue
+            if group.get("lag") is not None:
+                self.metrics.stream_lag.labels(str(p)).set(int(group["lag"]))
+            self.metrics.pending.labels(str(p)).set(int(group.get("pending", 0)))
+            bound = trim_bound(group, None if isinstance(pending, Exception) else pending)
+            if self.settings.trim_turns and bound is not None:
+                bounds.append((stream, bound))
+        if bounds:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, bound in bounds:
+                    pipe.xtrim(stream, minid=bound, approximate=True)
+                trimmed = await pipe.execute(raise_on_error=False)
+            self.metrics.turns_trimmed.inc(sum(n for n in trimmed if isinstance(n, int)))
 
     # ------------------------------------------------------------------ health
 

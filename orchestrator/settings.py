@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     read_batch: int = Field(128, ge=1, description="Entries per XREADGROUP call")
     read_block_ms: int = Field(500, ge=10, description="XREADGROUP BLOCK time (also bounds how fast reading stops)")
     max_deliveries: int = Field(5, ge=1, description="An entry delivered more times than this is dead-lettered")
+    trim_turns: bool = Field(
+        True, description="Trim processed (acknowledged) entries from the turn streams; the ledger keeps what they said"
+    )
     conflict_retries: int = Field(3, ge=0, description="Re-reads and re-decisions after a ledger version conflict")
     decision_timeout_ms: int = Field(2000, ge=1, description="Deadline of one routing decision (model tiers included)")
     grace_s: float = Field(10.0, ge=0, description="Shutdown: time to finish in-flight turns before cancelling them")

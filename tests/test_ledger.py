@@ -328,3 +328,21 @@ async def test_publish_many_single_and_batch_validate_and_keep_order(redis: Redi
     entries = await redis.xrange(keys.partition(keys.partition_of("c1")).turns)
     assert [e[0].decode() for e in entries] == [one, *ids]  # nothing of a refused batch was written
     assert [decode_entry(f).turn_id for _, f in entries] == ["t1", "t2", "t3"]
+
+
+def test_trim_bound_is_the_oldest_pending_entry_else_the_last_delivered() -> None:
+    from ledger.streams import group_row, trim_bound
+
+    rows = [
+        {"name": b"other", "pending": 0, "last-delivered-id": b"9-0"},
+        {"name": b"g", "pending": 2, "last-delivered-id": b"7-0"},
+    ]
+    group = group_row(rows, "g")
+    assert group is rows[1] and group_row(rows, "missing") is None
+    assert trim_bound(group, {"pending": 2, "min": b"3-0", "max": b"7-0"}) == b"3-0"
+    # the summary disagrees with the row (taken a moment apart): no trim this time
+    assert trim_bound(group, {"pending": 0, "min": None, "max": None}) is None
+    assert trim_bound(group, None) is None
+    assert trim_bound({"name": "g", "pending": 0, "last-delivered-id": "7-0"}, None) == "7-0"
+    assert trim_bound({"name": "g", "pending": 0, "last-delivered-id": b"0-0"}, None) is None  # nothing delivered
+    assert trim_bound(None, None) is None

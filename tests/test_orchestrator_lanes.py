@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 
 from ledger import Keys
@@ -120,3 +121,50 @@ async def _pending_is(redis: Redis, keys: Keys, n: int) -> bool:
 
 async def _applied_is(redis: Redis, keys: Keys, convs: list[str], n: int) -> bool:
     return await applied_total(redis, keys, convs) == n
+
+
+@pytest.mark.parametrize("trim", [True, False])
+async def test_turn_streams_are_trimmed_behind_the_group_never_past_a_pending_entry(
+    redis_url: str, prefix: str, redis: Redis, trim: bool
+) -> None:
+    """Processed turns are trimmed from the stream at the control ticks; while the first entries are
+    still pending (decisions held), nothing is. With ``trim_turns`` off the stream keeps everything."""
+    settings = loop_settings(
+        redis_url, prefix, partitions=1, max_in_flight=150, decision_timeout_ms=HOLD_MS, lease_ms=600, trim_turns=trim
+    )
+    keys = settings.keys()
+    stream = keys.partition(0).turns
+    convs = [f"tr-{c}" for c in range(100)]
+    turns = [make_turn(c, f"turn {i}", turn_id=f"{c}-{i}") for i in range(3) for c in convs]
+    await Publisher(redis, keys).publish_many(turns)
+    router = GateRouter()
+    orch = Orchestrator(settings, router)
+    await orch.start()
+    try:
+
+        async def full() -> bool:
+            return orch.capacity.in_flight == 150
+
+        # 150 entries delivered, none acknowledged: a bound past the oldest pending one (say the last
+        # delivered) would drop the first stream node (100 entries)
+        await wait_until(full, 10, "150 turns in flight")
+        await asyncio.sleep(1.0)  # several control ticks (every 200 ms) with the first entries pending
+        assert await redis.xlen(stream) == 300
+        router.gate.set()
+        await wait_until(lambda: _applied_is(redis, keys, convs, 300), 30, "300 turns applied")
+        if trim:
+            # approximate trimming drops whole stream nodes (100 entries): at most one node stays
+            await wait_until(lambda: _shorter_than(redis, stream, 101), 10, "the processed turns trimmed")
+            trimmed = orch.metrics.registry.get_sample_value("sraq_turns_trimmed_total")
+            assert trimmed is not None and trimmed >= 200
+        else:
+            await asyncio.sleep(1.0)
+            assert await redis.xlen(stream) == 300
+    finally:
+        router.gate.set()
+        await orch.stop()
+    assert await pending_total(redis, keys) == 0
+
+
+async def _shorter_than(redis: Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) < n

@@ -51,6 +51,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ledger import Keys, Ledger, OutboxRecord, Relay
+from ledger.streams import group_row, trim_bound
 from workers.outbox_effects import GROUP, MalformedEntry, OutboxConn, OutboxEffects, parse_entry
 
 #: Phases the relay loops' periodic work is spread over (see :func:`next_due`).
@@ -315,20 +316,12 @@ class Dispatcher:
         return min(backoff * 2, 2.0)
 
     async def _trim(self, ob: OutboxConn) -> None:
-        """Drop outbox entries every relay is done with (acknowledged), so the stream stays small.
-
-        Safe bound: the oldest pending entry of the group, else its last-delivered id; everything
-        before it was delivered and acknowledged. (The ledger's audit trail, not the outbox, is the record.)
-        """
-        groups = await ob.conn.xinfo_groups(ob.stream)
-        group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
-        if group is None:
-            return
-        bound = group.get("last-delivered-id")
-        if int(group.get("pending", 0)):
-            oldest = await ob.conn.xpending_range(ob.stream, GROUP, min="-", max="+", count=1)
-            bound = oldest[0]["message_id"] if oldest else None
-        if bound and bound not in (b"0-0", "0-0"):
+        """Drop outbox entries every relay is done with (acknowledged), so the stream stays small
+        (:func:`ledger.streams.trim_bound`; the ledger's audit trail, not the outbox, is the record)."""
+        group = group_row(await ob.conn.xinfo_groups(ob.stream), GROUP)
+        pending = await ob.conn.xpending(ob.stream, GROUP) if group and int(group.get("pending") or 0) else None
+        bound = trim_bound(group, pending)
+        if bound is not None:
             trimmed = await ob.conn.xtrim(ob.stream, minid=bound, approximate=True)
             self.stats["trimmed"] += int(trimmed or 0)
 

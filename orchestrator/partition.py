@@ -141,6 +141,8 @@ class PartitionWorker:
             ["XREAD", "COUNT", 2, "BLOCK", read_block_ms, "STREAMS", self.pk.turns], nargs=1
         )
         self._fenced_reads: dict[int, bytes] = {}
+        #: fenced reads the read loop sent (behind a wait or not): a steady trickle should cost one per entry
+        self.reads = 0
         self._stop = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.lost = False  # set when the lease is gone: no further commit may be attempted
@@ -228,13 +230,17 @@ class PartitionWorker:
                     if drained and not holds:
                         drained = not await self._wait_for_entry(last_id)
                         continue
+                    self.reads += 1
                     if drained:
-                        # the last read got less than it asked for: wait for the next entry, then read
+                        # the last read got less than it asked for: wait for the next entry, then read;
+                        # drained still unless the wait saw more entries than the read took
                         reply, more = await self._wait_then_read(last_id, count)
+                        entries = reply[0][1] if reply else []
+                        drained = not more
                     else:
-                        reply, more = await self._fenced(READ, count), False
-                    entries = reply[0][1] if reply else []
-                    drained = len(entries) < count and not more
+                        reply = await self._fenced(READ, count)
+                        entries = reply[0][1] if reply else []
+                        drained = len(entries) < count
                     if entries:
                         last_id = _text(entries[-1][0])
                 except TRANSIENT as exc:

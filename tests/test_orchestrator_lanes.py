@@ -168,3 +168,27 @@ async def test_turn_streams_are_trimmed_behind_the_group_never_past_a_pending_en
 
 async def _shorter_than(redis: Redis, stream: str, n: int) -> bool:
     return int(await redis.xlen(stream)) < n
+
+
+async def test_a_trickle_of_turns_costs_one_read_each(redis_url: str, prefix: str, redis: Redis) -> None:
+    """Turns arriving one at a time: each is read by the read sent behind the wait for it, with no
+    second read to find the stream empty (one fenced read per entry, plus a few around the start)."""
+    settings = loop_settings(redis_url, prefix, partitions=1)
+    keys = settings.keys()
+    orch = Orchestrator(settings, GateRouter())
+    assert isinstance(orch.backend, GateRouter)
+    orch.backend.gate.set()
+    publisher = Publisher(redis, keys)
+    await orch.start()
+    try:
+        await publisher.publish(make_turn("trickle", "hello", turn_id="t-warm"))
+        await wait_until(lambda: _applied_is(redis, keys, ["trickle"], 1), 10, "the first turn")
+        worker = orch.partitions[0]
+        before = worker.reads
+        for i in range(20):
+            await publisher.publish(make_turn("trickle", f"message {i}", turn_id=f"t-{i}"))
+            await wait_until(lambda n=i + 2: _applied_is(redis, keys, ["trickle"], n), 10, f"turn {i}")
+        reads = worker.reads - before
+    finally:
+        await orch.stop()
+    assert 20 <= reads <= 22, reads

@@ -20,7 +20,7 @@ log = structlog.get_logger("sraq.lanes")
 
 
 class Capacity:
-    """In-flight items of the process, with an awaitable "has room" condition (single event loop).
+    """In-flight items of the process, with a first-come-first-served wait for room (single event loop).
 
     ``used`` counts every held slot: items in the lanes plus slots *reserved* by readers for a read
     in progress. A reader reserves before it reads and at most the free slots, so readers of
@@ -42,8 +42,8 @@ class Capacity:
         self.wait_budget = limit // 2
         #: reads waiting for entries that hold a slot now
         self.waits = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        #: readers waiting for a free slot, first come first served (see :meth:`room`)
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def free(self) -> int:
@@ -54,22 +54,40 @@ class Capacity:
         """Items in the lanes (not counting reservations)."""
         return self.used - self.reserved
 
-    async def wait_room(self) -> int:
-        """Wait until at least one slot is free; returns the number of free slots."""
-        while self.used >= self.limit:
-            await self._room.wait()
-        return self.free
+    def room(self) -> asyncio.Future[None]:
+        """A future resolved once a slot is free for its holder, to await instead of polling.
+
+        Waiters are woken first come, first served, as many as there are free slots: a slot given
+        back wakes one reader, not every reader of every partition (each of which would find the slot
+        taken and go back to waiting). A woken reader that does not read after all must call
+        :meth:`pass_on`; cancel the future to stop waiting.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake()
+        return fut
+
+    def pass_on(self) -> None:
+        """A woken waiter did not take the room: wake the next one instead."""
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.used
+        waiters = self._waiters
+        while free > 0 and waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # (a cancelled waiter stays in the queue until it comes up)
+                fut.set_result(None)
+                free -= 1
 
     def take(self, n: int = 1) -> None:
         self.used += n
         self.peak = max(self.peak, self.in_flight)
-        if self.used >= self.limit:
-            self._room.clear()
 
     def give(self, n: int = 1) -> None:
         self.used -= n
-        if self.used < self.limit:
-            self._room.set()
+        if self._waiters:
+            self._wake()
 
     def may_hold_for_wait(self) -> bool:
         """Whether a read that first waits for entries may hold a slot (one) meanwhile: while such

@@ -144,6 +144,8 @@ class PartitionWorker:
         #: fenced reads the read loop sent (behind a wait or not): a steady trickle should cost one per entry
         self.reads = 0
         self._stop = asyncio.Event()
+        #: what the read loop awaits while the process is full (Capacity.room), cancelled on stop
+        self._room: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self.lost = False  # set when the lease is gone: no further commit may be attempted
         self.aborting = False  # set by the owner once it started aborting this worker
@@ -161,6 +163,8 @@ class PartitionWorker:
 
     def stop_reading(self) -> None:
         self._stop.set()
+        if self._room is not None:
+            self._room.cancel()  # the read loop stops waiting for a free slot
 
     async def drain(self, grace: float | None) -> bool:
         """Stop reading and wait for every read turn to finish; False when ``grace`` ran out."""
@@ -469,17 +473,22 @@ class PartitionWorker:
             self.log.warning("dead_letter", entry_id=entry_id, reason_kind=kind, reason=reason, deliveries=deliveries)
 
     async def _wait_room(self) -> int:
-        if self.capacity.free > 0:
-            return self.capacity.free
-        room = asyncio.create_task(self.capacity.wait_room(), name=f"room:p{self.partition}")
-        stop = asyncio.create_task(self._stop.wait(), name=f"stop:p{self.partition}")
-        try:
-            await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            room.cancel()
-            stop.cancel()
-            await asyncio.gather(room, stop, return_exceptions=True)
-        return 0 if self.stopping else self.capacity.free
+        """Wait for a free in-flight slot; returns how many are free (0 once stopping)."""
+        capacity = self.capacity
+        while capacity.used >= capacity.limit and not self.stopping:
+            fut = self._room = capacity.room()
+            try:
+                await fut
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the read loop itself is cancelled (abort)
+                # else stop_reading() cancelled the wait
+            finally:
+                self._room = None
+                if self.stopping and fut.done() and not fut.cancelled():
+                    capacity.pass_on()  # woken, but not reading: the next waiter gets the slot
+        return 0 if self.stopping else capacity.free
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from ledger import Keys
 from ledger.turns import Publisher, make_turn
+from orchestrator.lanes import Capacity
 from orchestrator.partition import GROUP
 from orchestrator.runtime import Orchestrator
 from orchestrator.turn_processor import TurnRecord
@@ -192,3 +193,24 @@ async def test_a_trickle_of_turns_costs_one_read_each(redis_url: str, prefix: st
     finally:
         await orch.stop()
     assert 20 <= reads <= 22, reads
+
+
+async def test_a_slot_given_back_wakes_one_waiting_reader_first_come_first_served() -> None:
+    capacity = Capacity(2)
+    capacity.take(2)
+    waiters = [capacity.room() for _ in range(16)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    capacity.give(1)
+    assert [w.done() for w in waiters] == [True] + [False] * 15  # not all 16 woken to find one slot
+    waiters[1].cancel()  # a reader that stopped waiting is skipped
+    capacity.take(1)
+    capacity.give(2)
+    assert [w.done() and not w.cancelled() for w in waiters[:4]] == [True, False, True, True]
+    assert not any(w.done() for w in waiters[4:])
+    # woken but not reading after all (stopping): the slot goes to the next waiter
+    capacity.take(2)
+    capacity.give(1)
+    assert waiters[4].done() and not waiters[5].done()
+    capacity.pass_on()  # (the slot is still free: nobody took it)
+    assert waiters[5].done() and not waiters[6].done()

@@ -78,15 +78,30 @@ class Membership:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    async def heartbeat(self) -> list[str]:
-        """Record this instance as alive, drop dead ones; returns the live instance ids."""
+    async def heartbeat(self) -> tuple[list[str], float | None]:
+        """Record this instance as alive, drop dead ones; returns the live instance ids and the
+        seconds until the first other instance counts as dead if it stays silent (None: none)."""
         now = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.instances, {self.instance_id: now})
             pipe.zremrangebyscore(self.keys.instances, "-inf", now - self.lease_ms)
-            pipe.zrange(self.keys.instances, 0, -1)
+            pipe.zrange(self.keys.instances, 0, -1, withscores=True)
             _, _, members = await pipe.execute()
-        return [m.decode() for m in members]
+        me = self.instance_id.encode()
+        peers = [score for member, score in members if member != me]
+        silent = (min(peers) + self.lease_ms - now) / 1000 if peers else None
+        return [m.decode() for m, _ in members], silent
+
+    async def expiries(self, partitions: list[int]) -> float | None:
+        """Seconds until the first of these partitions' leases (held by others) runs out (None: none held)."""
+        if not partitions:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.pttl(self.keys.partition(p).lease)
+            ttls = [int(t) for t in await pipe.execute()]
+        held = [t for t in ttls if t >= 0]
+        return min(held) / 1000 if held else 0.0
 
     async def leave(self) -> None:
         """Remove this instance from the live set (graceful shutdown)."""

@@ -95,6 +95,8 @@ class Orchestrator:
         self._shutdown: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        #: seconds from the last tick until membership can next change (see _control_loop)
+        self._next_change: float | None = None
         self._control_done = False
         self._stopped = asyncio.Event()
         self._last_tick = 0.0
@@ -297,8 +299,11 @@ class Orchestrator:
         interval = self.settings.lease_ms / 3000
         failures = 0
         while not self._control_done:
+            # the next tick: the regular one, or sooner when a silent peer is about to count as dead
+            # or a lease this instance wants runs out (so a takeover is not a whole interval late)
+            wait = interval if self._next_change is None else min(interval, max(0.0, self._next_change))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             if self._control_done:
                 return
@@ -321,7 +326,8 @@ class Orchestrator:
                 return
 
     async def _tick(self) -> None:
-        live = await self.membership.heartbeat()
+        live, silent_peer = await self.membership.heartbeat()
+        self._next_change = None
         held = [w.lease for w in self.partitions.values() if not w.lost]
         for lease in await self.membership.renew(held):
             self._abort(lease.partition, "renewal refused")
@@ -333,10 +339,18 @@ class Orchestrator:
                 if p not in desired and not worker.stopping:
                     worker.stop_reading()
                     self._spawn(self._release(worker), f"release:p{p}")
+            missing = []
             for p in sorted(desired - set(self.partitions)):
                 got = await self.membership.acquire(p)
-                if got is not None and self.state is State.RUNNING:
+                if got is None:
+                    missing.append(p)
+                elif self.state is State.RUNNING:
                     self._start_partition(got)
+            # wake again as soon as something can change: a peer's heartbeat or a wanted lease runs
+            # out (+ a few ms, so the expiry has happened in Redis by then)
+            due = [t for t in (silent_peer, await self.membership.expiries(missing)) if t is not None]
+            if due:
+                self._next_change = min(due) + 0.005
         self.metrics.owned.set(len(self.partitions))
         if self.dispatcher is not None:
             await self.dispatcher.set_partitions(p for p, w in self.partitions.items() if not w.lost)

@@ -6,6 +6,7 @@ Layout (``P`` partitions, hash tag ``{p}`` so one partition lives in one Redis C
     {prefix}:{p}:outbox                  stream of dispatch entries for workers (group ``dispatcher``)
     {prefix}:{p}:decisions               stream of committed decisions (``sraq tail``)
     {prefix}:{p}:dead                    dead-letter stream (malformed or undeliverable turns)
+    {prefix}:{p}:errors                  hash: turn entry id -> last processing error (until it is done)
     {prefix}:{p}:lease                   partition lease; value = fencing token
     {prefix}:{p}:fence                   fencing-token counter
     {prefix}:{p}:c:{conv}:meta           hash: version, next_task, applied_turns
@@ -76,6 +77,8 @@ class PartitionKeys:
     outbox: str
     decisions: str
     dead: str
+    #: turn entry id -> the last error processing it raised (kept for a later owner's dead letter)
+    errors: str
     lease: str
     fence: str
     conversations: str
@@ -159,6 +162,7 @@ def _partition_keys(prefix: str, p: int) -> PartitionKeys:
         outbox=f"{base}:outbox",
         decisions=f"{base}:decisions",
         dead=f"{base}:dead",
+        errors=f"{base}:errors",
         lease=f"{base}:lease",
         fence=f"{base}:fence",
         conversations=f"{base}:conversations",

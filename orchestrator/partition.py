@@ -53,12 +53,13 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 log = structlog.get_logger("sraq.partition")
 
-# KEYS: 1 lease, 2 turns, 3 dead. ARGV: 1 token, 2 group, 3 entry id, 4.. dead-letter fields.
+# KEYS: 1 lease, 2 turns, 3 dead, 4 errors. ARGV: 1 token, 2 group, 3 entry id, 4.. dead-letter fields.
 # XACK first: if the entry was acknowledged already (a retried call), nothing is written twice; entries
 # trimmed while pending are not in the PEL any more (Redis 7 XAUTOCLAIM dropped them) but are recorded.
 _DEAD_LETTER = f"""
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
 if acked == 0 and ARGV[4] ~= 'trimmed' then return 0 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', {DEAD_MAXLEN}, '*', 'reason_kind', ARGV[4], unpack(ARGV, 5))
 return 1
@@ -446,6 +447,10 @@ class PartitionWorker:
             return False
         if deliveries > self.max_deliveries:
             reason = f"delivered {deliveries} times (max {self.max_deliveries})"
+            # the last error an earlier attempt recorded (an owner that crashed mid-turn left none)
+            last: bytes | None = await self.reader.hget(self.pk.errors, entry_id)  # type: ignore[misc]
+            if last:
+                reason += f"; last error: {last.decode(errors='replace')}"
             await self._dead(entry_id, "deliveries", reason, fields, deliveries)
             return False
         self.lanes.submit(turn.conversation_id, Entry(entry_id, turn, deliveries), reserved=True)
@@ -460,7 +465,9 @@ class PartitionWorker:
             args += [b"field:" + name, value]
         for attempt in range(1, 1_000_000):
             try:
-                result = await self._dead_letter(keys=[self.pk.lease, self.pk.turns, self.pk.dead], args=args)
+                result = await self._dead_letter(
+                    keys=[self.pk.lease, self.pk.turns, self.pk.dead, self.pk.errors], args=args
+                )
                 break
             except TRANSIENT as exc:
                 self.metrics.redis_errors.inc()
@@ -504,6 +511,8 @@ class PartitionWorker:
         while not self.lost:
             try:
                 await self.processor.process(entry, self.lease)
+                if failures or entry.deliveries > 1:  # (rare: only then can an error be on record)
+                    await self._forget_error(entry.entry_id)
                 return
             except LeaseLost:
                 self.lease_lost()
@@ -522,7 +531,17 @@ class PartitionWorker:
                     reason = f"failed {failures} times; last error: {exc!r}"[:1000]
                     await self._dead(entry.entry_id, "failed", reason, _turn_fields(entry.turn), entry.deliveries)
                     return
+                # on record for whoever owns the entry next, should this process die before it is done
+                await self._record_error(entry.entry_id, repr(exc)[:1000])
                 await asyncio.sleep(backoff(failures))
+
+    async def _record_error(self, entry_id: str, error: str) -> None:
+        with contextlib.suppress(*TRANSIENT):  # best effort: the dead letter then says less, nothing is lost
+            await self.redis.hset(self.pk.errors, entry_id, error)  # type: ignore[misc]
+
+    async def _forget_error(self, entry_id: str) -> None:
+        with contextlib.suppress(*TRANSIENT):
+            await self.redis.hdel(self.pk.errors, entry_id)  # type: ignore[misc]
 
 
 def _turn_fields(turn: Turn) -> dict[bytes, bytes]:

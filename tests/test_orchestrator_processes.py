@@ -7,11 +7,13 @@ import json
 import random
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
+import msgspec
 from redis.asyncio import Redis
 
-from ledger import Keys, Ledger
+from ledger import DecisionEvent, Keys, Ledger
 from ledger.turns import Publisher, make_turn
 from tests.orch_support import Instance, applied_total, assert_exactly_once, pending_total, wait_until
 
@@ -81,6 +83,13 @@ async def test_sigkill_under_load_then_restart_is_exactly_once(redis_url: str, p
             inst.kill()
     await assert_exactly_once(Ledger(redis, keys), expected)
     assert await pending_total(redis, keys) == 0
+    # one decision event per turn: it is written inside the commit, so a kill cannot leave a turn
+    # committed without its event, nor a replayed turn with a second one
+    published = Counter[str]()
+    for pk in keys.all_partitions():
+        for _id, fields in await redis.xrange(pk.decisions):
+            published[msgspec.json.decode(fields[b"data"], type=DecisionEvent).turn_id] += 1
+    assert published == Counter(t for turns in expected.values() for t in turns)
     # the crashes really left work behind: some later instance claimed a dead one's pending entries
     logs = "".join(i.log_text() for i in instances[1:])
     assert "recovered_pending" in logs

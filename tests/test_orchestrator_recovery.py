@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from intent.backend import Decision, DecisionRequest
 from intent.contract import Reply
 from ledger import Keys, Ledger
-from ledger.turns import Publisher, encode_turn, make_turn
+from ledger.turns import Publisher, decode_entry, encode_turn, make_turn
 from orchestrator.local_redis import LocalRedis
 from orchestrator.membership import Membership
 from orchestrator.partition import GROUP
@@ -75,6 +75,8 @@ async def test_new_owner_recovers_pending_trimmed_and_overdelivered(redis_url: s
     await redis.xreadgroup(GROUP, "ghost", {stream: ">"}, count=10)
     await redis.xdel(stream, ids[1])  # t2 trimmed away while pending
     await redis.execute_command("XCLAIM", stream, GROUP, "ghost", 0, ids[3], "RETRYCOUNT", 9)  # t4: 9 deliveries
+    errors = keys.partition(keys.partition_of("rec")).errors
+    await redis.hset(errors, ids[3], "RuntimeError('the model process died')")  # what an earlier attempt recorded
     orch = Orchestrator(settings, ScriptedBackend())
     await orch.start()
     try:
@@ -88,6 +90,39 @@ async def test_new_owner_recovers_pending_trimmed_and_overdelivered(redis_url: s
     assert set(dead) == {ids[1], ids[3]}
     assert dead[ids[1]][b"reason_kind"] == b"trimmed"
     assert dead[ids[3]][b"reason_kind"] == b"deliveries" and int(dead[ids[3]][b"deliveries"]) > 5
+    assert dead[ids[3]][b"reason"].endswith(b"; last error: RuntimeError('the model process died')")
+    assert await redis.hlen(errors) == 0  # done with: the record went with the dead letter
+    assert await pending_total(redis, keys) == 0
+
+
+async def test_a_turn_that_keeps_failing_is_dead_lettered_with_its_last_error(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    """A conversation whose ledger is corrupt (its meta key holds a string: every read and commit
+    fails with WRONGTYPE): its turn is retried, then dead-lettered with the error once its deliveries
+    run out; the error recorded meanwhile is dropped with it; other conversations carry on."""
+    settings = loop_settings(redis_url, prefix, max_deliveries=2)
+    keys = settings.keys()
+    ledger = Ledger(redis, keys)
+    await redis.set(keys.conversation("broken").meta, "not a hash")
+    publisher = Publisher(redis, keys)
+    orch = Orchestrator(settings, ScriptedBackend())
+    await orch.start()
+    try:
+        await publisher.publish(make_turn("broken", "hello", turn_id="b1"))
+        await publisher.publish(make_turn("fine", "hello", turn_id="f1"))
+        await wait_until(lambda: _applied(ledger, "fine", 1), 20, "the other conversation's turn")
+        await wait_until(lambda: _count_dead(redis, keys, 1), 20, "the failing turn's dead letter")
+    finally:
+        await orch.stop()
+    (dead,) = await dead_letters(redis, keys)
+    assert dead[b"reason_kind"] == b"failed" and b"WRONGTYPE" in dead[b"reason"], dead
+    assert dead[b"reason"].startswith(b"failed 2 times; last error: ")
+    # the turn itself is kept, as it was in the stream, for a replay
+    kept = {k.removeprefix(b"field:"): v for k, v in dead.items() if k.startswith(b"field:")}
+    assert decode_entry(kept).turn_id == "b1"
+    errors = keys.partition(keys.partition_of("broken")).errors
+    assert await redis.hlen(errors) == 0
     assert await pending_total(redis, keys) == 0
 
 

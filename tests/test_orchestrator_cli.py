@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from ledger import Keys
+from ledger.turns import decode_entry
 from orchestrator.cli import cli
 from orchestrator.local_redis import free_port
 from orchestrator.runtime import Orchestrator
@@ -119,6 +120,27 @@ async def test_publish_refuses_bad_input_with_exit_2(redis_url: str, prefix: str
     assert await _stream_lengths(redis, prefix) == 0
     assert code == 1 and "cannot reach Redis" in err and len(err.strip().splitlines()) == 1
     assert tier_code == 2 and "unknown intent tier" in tier_err
+
+
+async def test_publish_from_file_takes_null_for_the_optional_fields(
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+) -> None:
+    """``turn_id`` and ``channel`` are optional: null means the default (a generated id, ``chat``)."""
+    env = _env(redis_url, prefix)
+    path = tmp_path / "nulls.jsonl"
+    rows = [
+        {"conversation_id": "nul", "content": "a", "turn_id": None, "channel": None},
+        {"conversation_id": "nul", "content": "b", "turn_id": "nul-b", "channel": "voice"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = await asraq(env, "publish", "--from-file", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["published"] == 2
+    keys = Keys(prefix=prefix, partitions=4)  # (SRAQ_PARTITIONS of _env)
+    entries = await redis.xrange(keys.partition(keys.partition_of("nul")).turns)
+    first, second = (decode_entry(fields) for _id, fields in entries)
+    assert (first.content, first.channel) == ("a", "chat") and first.turn_id
+    assert (second.content, second.channel, second.turn_id) == ("b", "voice", "nul-b")
 
 
 async def test_publish_ledger_audit_tail_json(redis_url: str, prefix: str, redis: Redis, tmp_path: Path) -> None:

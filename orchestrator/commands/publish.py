@@ -27,7 +27,8 @@ class FileTurn(msgspec.Struct, forbid_unknown_fields=True):
     content: str
     role: str = "user"
     turn_id: str | None = None
-    channel: str = "chat"
+    #: null is the default, as for the other optional field (turn_id)
+    channel: str | None = None
 
 
 _line_decoder = msgspec.json.Decoder(FileTurn)
@@ -74,7 +75,7 @@ def read_turns(path: Path, max_content_bytes: int) -> list[Turn]:
                     row.content,
                     role=row.role,
                     turn_id=row.turn_id,
-                    channel=row.channel,
+                    channel=row.channel or "chat",
                     max_content_bytes=max_content_bytes,
                 )
             )

@@ -23,7 +23,7 @@ few cores the client then yields a core to the system it measures instead of com
 client on another machine would. Its turns are stamped when written, so a client that runs late
 delays turns, it does not inflate their measured overhead; ``late_turns`` shows how late it ran.
 
-Run as ``python -m orchestrator.bench_publisher --redis-url URL --prefix P ...``; prints one JSON
+Run as ``SRAQ_REDIS_URL=URL python -m orchestrator.bench_publisher --prefix P ...``; prints one JSON
 object ``{"published": int, "warmup": int, "seconds": float, "offered_turns_per_s": float, "late_turns": int,
 "largest_write": int, "cpu_s": float, "nice": int}`` on stdout (``late_turns``: turns written
 together with an earlier one because this process fell behind its schedule, e.g. while it had no
@@ -136,7 +136,8 @@ def publish_paced(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.bench_publisher", description=__doc__)
-    parser.add_argument("--redis-url", required=True)
+    # the URL may hold a password: from the environment by default, where other users' ``ps`` cannot see it
+    parser.add_argument("--redis-url", default=os.environ.get("SRAQ_REDIS_URL"), help="default: $SRAQ_REDIS_URL")
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--partitions", type=int, required=True)
     parser.add_argument("--rate", type=float, required=True)
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=0, help="turns published before the measured ones")
     parser.add_argument("--nice", type=int, default=0, help="added to this process's nice value (lower priority)")
     args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("--redis-url or SRAQ_REDIS_URL is required")
     if args.nice:
         os.nice(args.nice)
     keys = Keys(prefix=args.prefix, partitions=args.partitions)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -151,10 +152,12 @@ async def _paced(settings: Settings, redis: Redis, backend: Backend, cfg: LoopBe
         await orch.start()
         cpu_before = await CpuSample.take(redis)
         client = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchestrator.bench_publisher", "--redis-url", settings.redis_url,
+            sys.executable, "-m", "orchestrator.bench_publisher",
             "--prefix", prefix, "--partitions", str(s.partitions), "--rate", str(cfg.rate),
             "--seconds", str(cfg.rate_seconds), "--conversations", str(cfg.conversations),
             "--nice", str(cfg.client_nice), "--warmup", str(warmup),
+            # the URL through the environment, not argv: it may hold a password (ps shows argv)
+            env={**os.environ, "SRAQ_REDIS_URL": settings.redis_url},
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await client.communicate()

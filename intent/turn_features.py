@@ -19,23 +19,22 @@ task-heavy conversations like the orchestrator benchmark's.
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
-from itertools import islice
+from itertools import islice, pairwise
 from operator import itemgetter
 
 import numpy as np
 
+from intent.clauses import clauses, keeps
 from intent.contract import ChatMessage, TaskInfo
 from intent.cues import CUE_NAMES, cue_flags
 from intent.features import (
     CHAR_NGRAM_CHARS,
-    CLAUSE_SPLIT,
     CONTEXT_MESSAGES,
     FEATURE_CACHE,
     FILLERS,
-    KEEP_CUE,
     PAIR_NAMES,
     PREV_USER_CUES,
     ROLES,
@@ -45,8 +44,8 @@ from intent.features import (
 )
 from intent.text import (
     TOOL_EVENTS,
+    WordMemo,
     content_stems,
-    ids_in_lowered,
     may_name_task,
     mentioned_ids,
     remember_tokens,
@@ -83,6 +82,8 @@ class Turn:
         #: tokens of the first CHAR_NGRAM_CHARS characters (character n-grams and trigrams use those)
         self.head_toks = self.toks if len(head) == len(text) else scan_tokens(head)
         self.stems = stems_of(self.toks)
+        # remembered for the turns that will see this message in their context (never read for it)
+        _EARLIER_STEMS.remember(text, self.stems)
         self._tri: frozenset[str] | None = None
 
     @property
@@ -90,6 +91,8 @@ class Turn:
         """Trigrams of the message's head (trigram_set): made on first use, only turns with tasks need them."""
         if self._tri is None:
             self._tri = trigrams_of(self.head_toks)
+            if self.head_toks is self.toks:  # those of the whole message: remembered as stems are
+                _EARLIER_TRIGRAMS.remember(self.text, self._tri)
         return self._tri
 
 
@@ -196,22 +199,18 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     last_tool = next((m.content for m in reversed(transcript) if m.role == "tool"), "")
     tool_evt = tool_event(last_tool)
     prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
-    asst_stems = content_stems(prev_assistant)  # an earlier message: cached by its text
+    asst_stems = _EARLIER_STEMS[prev_assistant]
     lowered = msg.lower()
     kept: list[frozenset[str]] = []
     focus: list[frozenset[str]] = []
-    for clause in CLAUSE_SPLIT.split(lowered):
-        if clause and clause.strip():
-            # the whole message when it is one clause (lower-casing ASCII twice changes nothing)
-            stems = msg_stems if clause == lowered and msg.isascii() else stems_of(scan_tokens(clause))
-            (kept if KEEP_CUE.search(clause) else focus).append(stems)
+    for clause in clauses(lowered):
+        # the whole message when it is one clause (lower-casing ASCII twice changes nothing)
+        stems = msg_stems if clause == lowered and msg.isascii() else stems_of(scan_tokens(clause))
+        (kept if keeps(clause) else focus).append(stems)
     in_msg = mentioned_ids(last)
-    in_transcript = in_msg
-    # the earlier messages' ids from one search of their joined text (see ids_in_lowered): a cache
-    # per message was as slow when it hit, and a transcript holds more messages than it kept
-    earlier = "\n".join([m.content for m in transcript[:-1]]).lower()
-    if may_name_task(earlier):
-        in_transcript = in_msg | ids_in_lowered(earlier)
+    # the earlier messages' ids, remembered per message: a dict subscript each (lower-casing and
+    # searching their joined text cost ~1,300 instructions per message)
+    in_transcript = in_msg.union(*map(_EARLIER_IDS.__getitem__, [m.content for m in transcript[:-1]]))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -260,27 +259,72 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         *[v * silent for v in ctx_gap],
         *[v * silent for v in asst_in],
     ]
-    return np.array(flat, dtype=np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
+    # packed float64 bytes read by np.frombuffer: np.array finds the list's type and converts each
+    # float on its own, at several times the cost (the array is read-only, as nothing writes to it)
+    return np.frombuffer(struct.pack(f"{len(flat)}d", *flat), np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
 
 
 def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], frozenset[str]]:
     """content_stems and trigram_set of the context as pair_features joins it (last CHAR_NGRAM_CHARS
     characters for trigrams), from the messages' own (cached: they are earlier messages).
 
-    Joining with spaces keeps every message's tokens unless a task id forms across a join, or a
-    dangling "-" (a token only at the very end of a text) is followed by the next message.
+    Joining with spaces keeps every message's tokens (lower-casing works per character but for the
+    final sigma, which a space ends either way) unless a task id forms across a join: one message
+    ends with "task" (or "taſk", which the pattern's IGNORECASE reads as it) and the next starts with
+    a digit; or a dangling "-" (a token only at the very end of a text) is followed by the next
+    message. trigram_set re-tokenises the content words joined by spaces: across messages, an id can
+    also form there from a token that ends with "task" (a word between it and a number dropped), so
+    the trigrams of such a context are those of its joined text. (Callbacks, "[task-3 progress] ...",
+    name ids in most contexts: the ids within a message are in its own tokens, "taskid".)
     """
     contents = [m.content for m in context]
     ctx = " ".join(contents)
-    if may_name_task(ctx.lower()) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
+    named = may_name_task(ctx.lower())
+    if (named and _joins_may_name_task(contents)) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
-    stems = frozenset().union(*map(content_stems, contents))
-    if len(ctx) > CHAR_NGRAM_CHARS:
+    stems = frozenset().union(*map(_EARLIER_STEMS.__getitem__, contents))
+    if len(ctx) > CHAR_NGRAM_CHARS or (named and _ends_task_token(contents[:-1])):
         return stems, trigram_set(ctx[-CHAR_NGRAM_CHARS:])
-    return stems, frozenset().union(*map(_earlier_trigrams, contents))
+    return stems, frozenset().union(*map(_EARLIER_TRIGRAMS.__getitem__, contents))
 
 
-@lru_cache(maxsize=FEATURE_CACHE)
-def _earlier_trigrams(content: str) -> frozenset[str]:
-    """Trigrams of a message before the last one (cached: it is in the context for several turns)."""
+def _joins_may_name_task(contents: list[str]) -> bool:
+    """Whether a task id may form where ``contents`` are joined by spaces (see _context_view)."""
+    return any(b[:1].isdigit() and may_name_task(a.lower()) for a, b in pairwise(contents))
+
+
+def _ends_task_token(contents: list[str]) -> bool:
+    """Whether a token of one of ``contents`` ends with "task" (see _context_view)."""
+    return any("task " in f"{' '.join(tokens(c))} " for c in contents)
+
+
+def _ids_of(content: str) -> frozenset[str]:
+    ids = mentioned_ids(content)
+    return frozenset(ids) if ids else _NO_IDS
+
+
+#: The ids of most messages: one object (the collector has one fewer container per message to scan).
+_NO_IDS: frozenset[str] = frozenset()
+
+
+#: Task ids named in a message before the last one (it is rescanned every later turn), by message:
+#: a dict read by subscript (see WordMemo; four times FEATURE_CACHE: the orchestrator benchmark's
+#: 200 conversations of 50 messages are 10,000 earlier messages).
+_EARLIER_IDS = WordMemo(_ids_of, 4 * FEATURE_CACHE)
+
+
+def _trigrams_of_text(content: str) -> frozenset[str]:
     return trigrams_of(tokens(content))
+
+
+def _stems_of_text(content: str) -> frozenset[str]:
+    return stems_of(tokens(content))
+
+
+#: Content stems and trigrams (trigram_set) of messages before the last one, by message: a message is
+#: in the context for several turns. Each Turn stores its own (it was scanned once: the lru_cache of
+#: content_stems, which other callers use, cannot be given a value), so a context's user messages
+#: are not scanned again; dicts read by subscript (see WordMemo), ~300 instructions less than a hit
+#: of an lru_cache.
+_EARLIER_STEMS = WordMemo(_stems_of_text, FEATURE_CACHE)
+_EARLIER_TRIGRAMS = WordMemo(_trigrams_of_text, FEATURE_CACHE)

@@ -229,8 +229,8 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         id_tool.append(float(tool_tid == tid))
         id_seen.append(float(tid in in_transcript))
         asst_in.append(len(asst_stems & t_stems) / n_asst if n_asst else 0.0)
-        focus_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in focus), default=0.0))
-        kept_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in kept), default=0.0))
+        focus_in.append(_best_share(focus, t_stems))
+        kept_in.append(_best_share(kept, t_stems))
     # relative evidence and the split on whether the message names a task: as in pair_features
     best_overlap, best_tri, best_focus, best_ctx = max(task_in), max(task_tri), max(focus_in), max(ctx_in)
     ctx_gap = [v - best_ctx for v in ctx_in]
@@ -262,6 +262,20 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     # packed float64 bytes read by np.frombuffer: np.array finds the list's type and converts each
     # float on its own, at several times the cost (the array is read-only, as nothing writes to it)
     return np.frombuffer(struct.pack(f"{len(flat)}d", *flat), np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
+
+
+def _best_share(clause_stems: list[frozenset[str]], t_stems: frozenset[str]) -> float:
+    """The largest overlap() of a clause's stems with a task's (0 without clauses).
+
+    Most messages are one clause and keep no task: no generator for none or one clause (max() of
+    one value is that value).
+    """
+    if not clause_stems:
+        return 0.0
+    if len(clause_stems) == 1:
+        c = clause_stems[0]
+        return len(c & t_stems) / len(c) if c else 0.0
+    return max((len(c & t_stems) / len(c) if c else 0.0 for c in clause_stems), default=0.0)
 
 
 def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], frozenset[str]]:

@@ -138,17 +138,28 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
     f += _ONE_HOT_PREV_ROLE.get(prev_role) or [0.0] * len(_PREV_ROLES)
     msg_stems = turn.stems
-    views = [task_view(t.summary, t.last_update) for t in tasks]
-    # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
     n_stems = len(msg_stems)
-    overlaps = sorted([len(msg_stems & v[0]) / n_stems for v in views], reverse=True) if n_stems else [0.0] * n_tasks
-    open_ids = {t.id.lower() for t in tasks}
+    overlaps: list[float] = []
+    open_ids: set[str] = set()
     best_tri = 0.0
     if tasks:  # (the message's trigrams are made only when there is a task to compare them with)
         msg_tri = turn.tri
         n_tri = len(msg_tri)
-        if n_tri:
-            best_tri = max((2 * len(msg_tri & v[1]) / (n_tri + len(v[1])) for v in views if v[1]), default=0.0)
+        # overlap() and dice() of intent.text, inlined (same operations, so the same floats), in one
+        # loop over the tasks: no comprehension per value (a function object and a frame each). The
+        # best dice is kept as max() keeps it (a value is never negative, so 0.0 to start is max()'s
+        # default)
+        for t in tasks:
+            t_stems, t_tri, _ = task_view(t.summary, t.last_update)
+            open_ids.add(t.id.lower())
+            if n_stems:
+                overlaps.append(len(msg_stems & t_stems) / n_stems)
+            if n_tri and t_tri and (dice := 2 * len(msg_tri & t_tri) / (n_tri + len(t_tri))) > best_tri:
+                best_tri = dice
+        if n_stems:
+            overlaps.sort(reverse=True)
+        else:
+            overlaps = [0.0] * n_tasks
     f += [
         math.log1p(len(transcript)),
         math.log1p(len(toks)) / 3.0,
@@ -294,7 +305,11 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
     contents = [m.content for m in context]
     ctx = " ".join(contents)
     named = may_name_task(ctx.lower())
-    if (named and _joins_may_name_task(contents)) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
+    # (a text's last token is a dangling "-" exactly when it ends in "-" but for whitespace: only
+    # "-(?=\s*$)" makes a "-" token, and \s is what str.rstrip strips)
+    if (named and _joins_may_name_task(contents)) or (
+        "-" in ctx and any(c.rstrip().endswith("-") for c in contents[:-1])
+    ):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
     stems = frozenset().union(*map(_EARLIER_STEMS.__getitem__, contents))
     if len(ctx) > CHAR_NGRAM_CHARS or (named and _ends_task_token(contents[:-1])):

@@ -361,7 +361,7 @@ def test_clauses_and_keeps_equal_the_patterns() -> None:
 #: trigram_set drops, ids inside messages (callbacks), dangling dashes.
 _CONTEXT_PIECES = ["task", "TASK", "Task", "taſk", "the task", "my task", "x'task", "5", "12 more", "\u0663 left",
                    "to 5", "the 7", "[task-3 progress] working", "task-4", "ok", "to", "the", "-", "wait -", " ",
-                   "", "book it", "thanks"]  # fmt: skip
+                   "", "book it", "thanks", "-\n", "- \t", "a-b", "x -- y"]  # fmt: skip
 
 
 def test_context_view_equals_the_joined_context_around_task_ids() -> None:

@@ -100,7 +100,9 @@ class TermIndex:
         split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:
-                block /= math.sqrt(float(block @ block))
+                # (ndarray.dot, not @: for two vectors both call numpy's DOUBLE_dot, the same BLAS
+                # ddot, so the same float; dot skips the generalised ufunc's setup)
+                block /= math.sqrt(float(block.dot(block)))
         return unique, vals
 
     def message_rows(self, turn: Turn) -> list[bytes]:

@@ -169,7 +169,8 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         best_tri,
         float(bool(mentioned_ids(text) & open_ids)),
         float(event is not None and event[0] in open_ids),
-        float("assistant" in [m.role for m in transcript[-3:-1]]),
+        # ("assistant" among the roles of transcript[-3:-1], without a list: prev_role is [-2]'s)
+        float(prev_role == "assistant" or (len(transcript) > 2 and transcript[-3].role == "assistant")),
         math.log1p(n_stems) / 2.0,
         sum(map(FILLERS.__contains__, toks)) / max(1, len(toks)),
     ]

@@ -22,8 +22,8 @@ import math
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from itertools import islice, pairwise
-from operator import itemgetter
+from itertools import islice, pairwise, repeat
+from operator import ge, itemgetter, mul, sub
 
 import numpy as np
 
@@ -222,7 +222,8 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     in_msg = mentioned_ids(last)
     # the earlier messages' ids, remembered per message: a dict subscript each (lower-casing and
     # searching their joined text cost ~1,300 instructions per message)
-    in_transcript = in_msg.union(*map(_EARLIER_IDS.__getitem__, [m.content for m in transcript[:-1]]))
+    # (most messages name none: filter leaves out their empty sets in C before the union)
+    in_transcript = in_msg.union(*filter(None, map(_EARLIER_IDS.__getitem__, [m.content for m in transcript[:-1]])))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -245,31 +246,34 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         kept_in.append(_best_share(kept, t_stems))
     # relative evidence and the split on whether the message names a task: as in pair_features
     best_overlap, best_tri, best_focus, best_ctx = max(task_in), max(task_tri), max(focus_in), max(ctx_in)
-    ctx_gap = [v - best_ctx for v in ctx_in]
+    ctx_gap = list(map(sub, ctx_in, repeat(best_ctx)))
     silent = float(best_overlap <= 0.0)
-    spoken = 1.0 - silent
-    # PAIR_NAMES order, column after column, in one flat list: one conversion to numpy
+    spoken, quiet = repeat(1.0 - silent), repeat(silent)
+    near_best = best_overlap - 1e-12
+    # PAIR_NAMES order, column after column, in one flat list: one conversion to numpy. Each derived
+    # column is the same operation on each value as pair_features' comprehension, mapped in C (a
+    # comprehension is a function object and a frame per column; ``repeat`` gives the other operand)
     flat = [
         *summary_in,
         *task_in,
         *task_tri,
-        *[v * spoken for v in ctx_in],
-        *[v * spoken for v in ctx_tri_col],
-        *[float(v >= best_overlap - 1e-12) for v in task_in],
-        *[v - best_overlap for v in task_in],
-        *[v - best_tri for v in task_tri],
+        *map(mul, ctx_in, spoken),
+        *map(mul, ctx_tri_col, spoken),
+        *map(float, map(ge, task_in, repeat(near_best))),
+        *map(sub, task_in, repeat(best_overlap)),
+        *map(sub, task_tri, repeat(best_tri)),
         *id_msg,
         *id_tool,
         *id_seen,
-        *[v * spoken for v in asst_in],
+        *map(mul, asst_in, spoken),
         *focus_in,
         *kept_in,
-        *[v - best_focus for v in focus_in],
-        *[v * spoken for v in ctx_gap],
-        *[v * silent for v in ctx_in],
-        *[v * silent for v in ctx_tri_col],
-        *[v * silent for v in ctx_gap],
-        *[v * silent for v in asst_in],
+        *map(sub, focus_in, repeat(best_focus)),
+        *map(mul, ctx_gap, spoken),
+        *map(mul, ctx_in, quiet),
+        *map(mul, ctx_tri_col, quiet),
+        *map(mul, ctx_gap, quiet),
+        *map(mul, asst_in, quiet),
     ]
     # packed float64 bytes read by np.frombuffer: np.array finds the list's type and converts each
     # float on its own, at several times the cost (the array is read-only, as nothing writes to it)
@@ -308,9 +312,7 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
     named = may_name_task(ctx.lower())
     # (a text's last token is a dangling "-" exactly when it ends in "-" but for whitespace: only
     # "-(?=\s*$)" makes a "-" token, and \s is what str.rstrip strips)
-    if (named and _joins_may_name_task(contents)) or (
-        "-" in ctx and any(c.rstrip().endswith("-") for c in contents[:-1])
-    ):
+    if (named and _joins_may_name_task(contents)) or ("-" in ctx and _dangles(contents[:-1])):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
     stems = frozenset().union(*map(_EARLIER_STEMS.__getitem__, contents))
     if len(ctx) > CHAR_NGRAM_CHARS or (named and _ends_task_token(contents[:-1])):
@@ -320,12 +322,28 @@ def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], froze
 
 def _joins_may_name_task(contents: list[str]) -> bool:
     """Whether a task id may form where ``contents`` are joined by spaces (see _context_view)."""
-    return any(b[:1].isdigit() and may_name_task(a.lower()) for a, b in pairwise(contents))
+    # (plain loops, here and below: a context is a few messages, and a generator costs more than
+    # the tests)
+    for a, b in pairwise(contents):  # noqa: SIM110
+        if b[:1].isdigit() and may_name_task(a.lower()):
+            return True
+    return False
+
+
+def _dangles(contents: list[str]) -> bool:
+    """Whether one of ``contents`` ends in "-" but for whitespace (see _context_view)."""
+    for c in contents:  # noqa: SIM110
+        if c.rstrip().endswith("-"):
+            return True
+    return False
 
 
 def _ends_task_token(contents: list[str]) -> bool:
     """Whether a token of one of ``contents`` ends with "task" (see _context_view)."""
-    return any("task " in f"{' '.join(tokens(c))} " for c in contents)
+    for c in contents:  # noqa: SIM110
+        if "task " in f"{' '.join(tokens(c))} ":
+            return True
+    return False
 
 
 def _ids_of(content: str) -> frozenset[str]:

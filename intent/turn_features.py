@@ -71,7 +71,7 @@ _NO_CUES = [0.0] * len(CUE_NAMES)
 class Turn:
     """What a decision needs from the message being decided on, scanned once (see the module doc)."""
 
-    __slots__ = ("_tri", "head_toks", "role", "stems", "text", "toks")
+    __slots__ = ("_tri", "common_tri", "head_toks", "role", "stems", "text", "toks")
 
     def __init__(self, message: ChatMessage) -> None:
         text = self.text = message.content
@@ -85,6 +85,10 @@ class Turn:
         # remembered for the turns that will see this message in their context (never read for it)
         _EARLIER_STEMS.remember(text, self.stems)
         self._tri: frozenset[str] | None = None
+        #: len(self.tri & trigrams) by a task's trigram set, for this decision only: dense_row
+        #: counts them, pair_rows (on a user message, which compares the same sets) reads them
+        #: (an intersection of trigram sets builds a set: ~7,000 instructions)
+        self.common_tri: dict[frozenset[str], int] = {}
 
     @property
     def tri(self) -> frozenset[str]:
@@ -154,8 +158,10 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
             open_ids.add(t.id.lower())
             if n_stems:
                 overlaps.append(len(msg_stems & t_stems) / n_stems)
-            if n_tri and t_tri and (dice := 2 * len(msg_tri & t_tri) / (n_tri + len(t_tri))) > best_tri:
-                best_tri = dice
+            if n_tri and t_tri:
+                common = turn.common_tri[t_tri] = len(msg_tri & t_tri)
+                if (dice := 2 * common / (n_tri + len(t_tri))) > best_tri:
+                    best_tri = dice
         if n_stems:
             overlaps.sort(reverse=True)
         else:
@@ -199,8 +205,9 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     last = turn.text
     # a tool callback is decided on, but the user's words before it say which task matters
     msg = last
+    common_tri: dict[frozenset[str], int] = {}
     if turn.role == "user":
-        msg_stems, msg_tri = turn.stems, turn.tri
+        msg_stems, msg_tri, common_tri = turn.stems, turn.tri, turn.common_tri
     else:
         last_user = next((m.content for m in reversed(transcript) if m.role == "user"), None)
         msg = last if last_user is None else f"{last} {last_user}"
@@ -235,7 +242,11 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         n_t_tri = len(t_tri)
         summary_in.append(len(msg_stems & s_stems) / n_msg if n_msg else 0.0)
         task_in.append(len(msg_stems & t_stems) / n_msg if n_msg else 0.0)
-        task_tri.append(2 * len(msg_tri & t_tri) / (n_tri + n_t_tri) if n_tri and n_t_tri else 0.0)
+        if n_tri and n_t_tri:
+            common = common_tri.get(t_tri)
+            task_tri.append(2 * (len(msg_tri & t_tri) if common is None else common) / (n_tri + n_t_tri))
+        else:
+            task_tri.append(0.0)
         ctx_in.append(len(ctx_stems & t_stems) / n_ctx if n_ctx else 0.0)
         ctx_tri_col.append(2 * len(ctx_tri & t_tri) / (n_ctx_tri + n_t_tri) if n_ctx_tri and n_t_tri else 0.0)
         id_msg.append(float(tid in in_msg))

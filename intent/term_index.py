@@ -19,13 +19,13 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from itertools import pairwise
+from itertools import pairwise, repeat
 
 import numpy as np
 
 from intent.contract import ChatMessage
 from intent.features import CONTEXT_MESSAGES, ROLE_TAG, FloatArray, IntArray, TfidfVocab
-from intent.text import WordMemo, ngrams_of, scan_tokens, tokens, tool_event
+from intent.text import WordMemo, scan_tokens, tokens, tool_event
 from intent.turn_features import Turn
 
 WORD_CACHE = 65_536
@@ -49,14 +49,21 @@ class TermIndex:
     """
 
     def __init__(self, msg_vocab: TfidfVocab, ctx_vocab: TfidfVocab) -> None:
-        self._msg = msg_vocab.index
-        # Terms keyed without their prefix ("c:", "w:", a role tag): looking up a token or a word pair
-        # needs no string concatenation per term. Within one prefix the keys stand for the same terms.
-        self._char = _unprefixed(msg_vocab.index, "c:")
-        self._word = _unprefixed(msg_vocab.index, "w:")
+        # Each term's row as packed int64 bytes (what the encoding joins), and a term not in the
+        # vocabulary as b"" (``get(term, b"")``): a message's rows are one b"".join over a map in C,
+        # with no Python-level test per term for a missing one and no struct.pack per message.
+        # Terms keyed without their prefix ("c:", "w:", "tw:", a role tag): looking up a token or a
+        # word pair needs no string concatenation per term. Within one prefix the keys stand for the
+        # same terms.
+        msg = self._msg = _as_bytes(msg_vocab.index)
+        self._char = _unprefixed(msg, "c:")
+        self._word = _unprefixed(msg, "w:")
+        self._tool_word = _unprefixed(msg, "tw:")
         offset = self._ctx_offset = len(msg_vocab)
-        self._ctx = {t: i + offset for t, i in ctx_vocab.index.items()}
-        self._ctx_by_tag = {tag: _unprefixed(self._ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
+        ctx = _as_bytes({t: i + offset for t, i in ctx_vocab.index.items()})
+        self._ctx_by_tag = {tag: _unprefixed(ctx, tag) for tag in {*ROLE_TAG.values(), _OTHER_TAG}}
+        #: the default of every lookup, as map()'s second iterable (it never runs out)
+        self._nothing = repeat(b"")
         self._idf = np.concatenate([msg_vocab.idf, ctx_vocab.idf])
         self._past = _packed([self._idf.size])  # a row past every row (the encoding's end sentinel)
         #: sublinear_tf of every count below TF_TABLE, by count (at 0: nan, never looked up)
@@ -93,25 +100,32 @@ class TermIndex:
         split = int(unique.searchsorted(self._ctx_offset))
         for block in (vals[:split], vals[split:]):
             if block.size:
-                block /= math.sqrt(float(block @ block))
+                # (ndarray.dot, not @: for two vectors both call numpy's DOUBLE_dot, the same BLAS
+                # ddot, so the same float; dot skips the generalised ufunc's setup)
+                block /= math.sqrt(float(block.dot(block)))
         return unique, vals
 
     def message_rows(self, turn: Turn) -> list[bytes]:
         """Vocabulary rows of :func:`~intent.features.message_terms` (with repeats, in no set order),
         packed: the parts of one join."""
-        get = self._msg.get
-        text = turn.text
+        text, nothing = turn.text, self._nothing
         if turn.role == "tool":
             event = tool_event(text)
             body = text.split("]", 1)[-1] if event is not None else text
-            terms = [f"tool_event={event[1] if event else 'none'}", *ngrams_of(scan_tokens(body), prefix="tw:")]
-            return [_packed([i for i in map(get, terms) if i is not None])]
+            # the event tag, then ngrams_of(tokens, prefix="tw:") unprefixed (as below)
+            tool_word, toks = self._tool_word.get, scan_tokens(body)
+            return [
+                self._msg.get(f"tool_event={event[1] if event else 'none'}", b""),
+                b"".join(map(tool_word, toks, nothing)),
+                b"".join(map(tool_word, map(" ".join, pairwise(("<s>", *toks, "</s>"))), nothing)),
+            ]
         # ngrams_of(turn.toks) ("w:" unigrams, then "w:a b" pairs with <s>/</s> markers), unprefixed
-        word = self._word.get
-        toks = turn.toks
-        rows = [i for i in map(word, toks) if i is not None]
-        rows += [i for i in map(word, map(" ".join, pairwise(("<s>", *toks, "</s>")))) if i is not None]
-        return [_packed(rows), *map(self._word_chars.__getitem__, turn.head_toks)]
+        word, toks = self._word.get, turn.toks
+        return [
+            b"".join(map(word, toks, nothing)),
+            b"".join(map(word, map(" ".join, pairwise(("<s>", *toks, "</s>"))), nothing)),
+            *map(self._word_chars.__getitem__, turn.head_toks),
+        ]
 
     def context_rows(self, transcript: Sequence[ChatMessage]) -> list[bytes]:
         """Offset vocabulary rows of :func:`~intent.features.context_terms` (with repeats), packed."""
@@ -119,20 +133,22 @@ class TermIndex:
 
     def _char_rows(self, word: str) -> bytes:
         # the n-grams char_ngrams(word) yields (3 to 5 characters of " word "), found in the vocabulary
-        get = self._char.get
-        padded = f" {word} "
-        width = len(padded)
-        grams = (padded[i : i + n] for n in range(3, min(5, width) + 1) for i in range(width - n + 1))
-        return _packed([i for i in map(get, grams) if i is not None])
+        # (each n's grams are slices made in C: map(slice) of the starts and ends, none past the end)
+        get, cut, nothing = self._char.get, f" {word} ".__getitem__, self._nothing
+        width = len(word) + 2
+        return b"".join(
+            [
+                b"".join(map(get, map(cut, map(slice, range(width - n + 1), range(n, width + 1))), nothing))
+                for n in (3, 4, 5)
+            ]
+        )
 
     def _message_context_rows(self, role: str, content: str) -> bytes:
         # context_terms' terms of one message, looked up without their role tag
         get = self._ctx_by_tag[ROLE_TAG.get(role, _OTHER_TAG)].get
+        rows = b"".join(map(get, tokens(content), self._nothing))
         event = tool_event(content) if role == "tool" else None
-        rows = [i for i in map(get, tokens(content)) if i is not None]
-        if event is not None and (i := get(f"event={event[1]}")) is not None:
-            rows.append(i)
-        return _packed(rows)
+        return rows if event is None else rows + get(f"event={event[1]}", b"")
 
 
 def sublinear_tf(counts: IntArray) -> FloatArray:
@@ -149,7 +165,12 @@ def _packed(rows: list[int]) -> bytes:
     return struct.pack(f"{len(rows)}q", *rows)
 
 
-def _unprefixed(index: dict[str, int], prefix: str) -> dict[str, int]:
+def _as_bytes(index: dict[str, int]) -> dict[str, bytes]:
+    """``index`` with each row as packed int64 bytes (see _packed)."""
+    return {t: _packed([i]) for t, i in index.items()}
+
+
+def _unprefixed(index: dict[str, bytes], prefix: str) -> dict[str, bytes]:
     """The entries of ``index`` whose term starts with ``prefix``, keyed by the rest of the term."""
     cut = len(prefix)
     return {t[cut:]: i for t, i in index.items() if t.startswith(prefix)}

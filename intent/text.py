@@ -158,6 +158,12 @@ class WordMemo(dict[str, _V]):
         value = self[key] = self._compute(key)
         return value
 
+    def remember(self, key: str, value: _V) -> None:
+        """Store ``value`` as the value of ``key`` (one computed elsewhere), within the bound."""
+        if len(self) >= self._bound:
+            self.clear()
+        self[key] = value
+
 
 def word_ngrams(text: str, prefix: str = "w:") -> list[str]:
     """Unigrams and bigrams with start/end markers (``</s>`` after a dangling word marks a cut-off)."""

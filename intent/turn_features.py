@@ -19,23 +19,22 @@ task-heavy conversations like the orchestrator benchmark's.
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
-from itertools import islice
-from operator import itemgetter
+from itertools import islice, pairwise, repeat
+from operator import ge, itemgetter, mul, sub
 
 import numpy as np
 
+from intent.clauses import clauses, keeps
 from intent.contract import ChatMessage, TaskInfo
 from intent.cues import CUE_NAMES, cue_flags
 from intent.features import (
     CHAR_NGRAM_CHARS,
-    CLAUSE_SPLIT,
     CONTEXT_MESSAGES,
     FEATURE_CACHE,
     FILLERS,
-    KEEP_CUE,
     PAIR_NAMES,
     PREV_USER_CUES,
     ROLES,
@@ -45,8 +44,8 @@ from intent.features import (
 )
 from intent.text import (
     TOOL_EVENTS,
+    WordMemo,
     content_stems,
-    ids_in_lowered,
     may_name_task,
     mentioned_ids,
     remember_tokens,
@@ -72,7 +71,7 @@ _NO_CUES = [0.0] * len(CUE_NAMES)
 class Turn:
     """What a decision needs from the message being decided on, scanned once (see the module doc)."""
 
-    __slots__ = ("_tri", "head_toks", "role", "stems", "text", "toks")
+    __slots__ = ("_tri", "common_tri", "head_toks", "role", "stems", "text", "toks")
 
     def __init__(self, message: ChatMessage) -> None:
         text = self.text = message.content
@@ -83,13 +82,21 @@ class Turn:
         #: tokens of the first CHAR_NGRAM_CHARS characters (character n-grams and trigrams use those)
         self.head_toks = self.toks if len(head) == len(text) else scan_tokens(head)
         self.stems = stems_of(self.toks)
+        # remembered for the turns that will see this message in their context (never read for it)
+        _EARLIER_STEMS.remember(text, self.stems)
         self._tri: frozenset[str] | None = None
+        #: len(self.tri & trigrams) by a task's trigram set, for this decision only: dense_row
+        #: counts them, pair_rows (on a user message, which compares the same sets) reads them
+        #: (an intersection of trigram sets builds a set: ~7,000 instructions)
+        self.common_tri: dict[frozenset[str], int] = {}
 
     @property
     def tri(self) -> frozenset[str]:
         """Trigrams of the message's head (trigram_set): made on first use, only turns with tasks need them."""
         if self._tri is None:
             self._tri = trigrams_of(self.head_toks)
+            if self.head_toks is self.toks:  # those of the whole message: remembered as stems are
+                _EARLIER_TRIGRAMS.remember(self.text, self._tri)
         return self._tri
 
 
@@ -135,17 +142,30 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     prev_role = transcript[-2].role if len(transcript) > 1 else "none"
     f += _ONE_HOT_PREV_ROLE.get(prev_role) or [0.0] * len(_PREV_ROLES)
     msg_stems = turn.stems
-    views = [task_view(t.summary, t.last_update) for t in tasks]
-    # overlap() and dice() of intent.text, inlined (same operations, so the same floats)
     n_stems = len(msg_stems)
-    overlaps = sorted([len(msg_stems & v[0]) / n_stems for v in views], reverse=True) if n_stems else [0.0] * n_tasks
-    open_ids = {t.id.lower() for t in tasks}
+    overlaps: list[float] = []
+    open_ids: set[str] = set()
     best_tri = 0.0
     if tasks:  # (the message's trigrams are made only when there is a task to compare them with)
         msg_tri = turn.tri
         n_tri = len(msg_tri)
-        if n_tri:
-            best_tri = max((2 * len(msg_tri & v[1]) / (n_tri + len(v[1])) for v in views if v[1]), default=0.0)
+        # overlap() and dice() of intent.text, inlined (same operations, so the same floats), in one
+        # loop over the tasks: no comprehension per value (a function object and a frame each). The
+        # best dice is kept as max() keeps it (a value is never negative, so 0.0 to start is max()'s
+        # default)
+        for t in tasks:
+            t_stems, t_tri, _ = task_view(t.summary, t.last_update)
+            open_ids.add(t.id.lower())
+            if n_stems:
+                overlaps.append(len(msg_stems & t_stems) / n_stems)
+            if n_tri and t_tri:
+                common = turn.common_tri[t_tri] = len(msg_tri & t_tri)
+                if (dice := 2 * common / (n_tri + len(t_tri))) > best_tri:
+                    best_tri = dice
+        if n_stems:
+            overlaps.sort(reverse=True)
+        else:
+            overlaps = [0.0] * n_tasks
     f += [
         math.log1p(len(transcript)),
         math.log1p(len(toks)) / 3.0,
@@ -155,7 +175,8 @@ def dense_row(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         best_tri,
         float(bool(mentioned_ids(text) & open_ids)),
         float(event is not None and event[0] in open_ids),
-        float("assistant" in [m.role for m in transcript[-3:-1]]),
+        # ("assistant" among the roles of transcript[-3:-1], without a list: prev_role is [-2]'s)
+        float(prev_role == "assistant" or (len(transcript) > 2 and transcript[-3].role == "assistant")),
         math.log1p(n_stems) / 2.0,
         sum(map(FILLERS.__contains__, toks)) / max(1, len(toks)),
     ]
@@ -184,8 +205,9 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     last = turn.text
     # a tool callback is decided on, but the user's words before it say which task matters
     msg = last
+    common_tri: dict[frozenset[str], int] = {}
     if turn.role == "user":
-        msg_stems, msg_tri = turn.stems, turn.tri
+        msg_stems, msg_tri, common_tri = turn.stems, turn.tri, turn.common_tri
     else:
         last_user = next((m.content for m in reversed(transcript) if m.role == "user"), None)
         msg = last if last_user is None else f"{last} {last_user}"
@@ -196,22 +218,19 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
     last_tool = next((m.content for m in reversed(transcript) if m.role == "tool"), "")
     tool_evt = tool_event(last_tool)
     prev_assistant = next((m.content for m in reversed(transcript[:-1]) if m.role == "assistant"), "")
-    asst_stems = content_stems(prev_assistant)  # an earlier message: cached by its text
+    asst_stems = _EARLIER_STEMS[prev_assistant]
     lowered = msg.lower()
     kept: list[frozenset[str]] = []
     focus: list[frozenset[str]] = []
-    for clause in CLAUSE_SPLIT.split(lowered):
-        if clause and clause.strip():
-            # the whole message when it is one clause (lower-casing ASCII twice changes nothing)
-            stems = msg_stems if clause == lowered and msg.isascii() else stems_of(scan_tokens(clause))
-            (kept if KEEP_CUE.search(clause) else focus).append(stems)
+    for clause in clauses(lowered):
+        # the whole message when it is one clause (lower-casing ASCII twice changes nothing)
+        stems = msg_stems if clause == lowered and msg.isascii() else stems_of(scan_tokens(clause))
+        (kept if keeps(clause) else focus).append(stems)
     in_msg = mentioned_ids(last)
-    in_transcript = in_msg
-    # the earlier messages' ids from one search of their joined text (see ids_in_lowered): a cache
-    # per message was as slow when it hit, and a transcript holds more messages than it kept
-    earlier = "\n".join([m.content for m in transcript[:-1]]).lower()
-    if may_name_task(earlier):
-        in_transcript = in_msg | ids_in_lowered(earlier)
+    # the earlier messages' ids, remembered per message: a dict subscript each (lower-casing and
+    # searching their joined text cost ~1,300 instructions per message)
+    # (most messages name none: filter leaves out their empty sets in C before the union)
+    in_transcript = in_msg.union(*filter(None, map(_EARLIER_IDS.__getitem__, [m.content for m in transcript[:-1]])))
     summary_in, task_in, task_tri, ctx_in, ctx_tri_col = [], [], [], [], []
     id_msg, id_tool, id_seen, asst_in, focus_in, kept_in = [], [], [], [], [], []
     tool_tid = tool_evt[0] if tool_evt is not None else None
@@ -223,64 +242,148 @@ def pair_rows(transcript: Sequence[ChatMessage], tasks: Sequence[TaskInfo], turn
         n_t_tri = len(t_tri)
         summary_in.append(len(msg_stems & s_stems) / n_msg if n_msg else 0.0)
         task_in.append(len(msg_stems & t_stems) / n_msg if n_msg else 0.0)
-        task_tri.append(2 * len(msg_tri & t_tri) / (n_tri + n_t_tri) if n_tri and n_t_tri else 0.0)
+        if n_tri and n_t_tri:
+            common = common_tri.get(t_tri)
+            task_tri.append(2 * (len(msg_tri & t_tri) if common is None else common) / (n_tri + n_t_tri))
+        else:
+            task_tri.append(0.0)
         ctx_in.append(len(ctx_stems & t_stems) / n_ctx if n_ctx else 0.0)
         ctx_tri_col.append(2 * len(ctx_tri & t_tri) / (n_ctx_tri + n_t_tri) if n_ctx_tri and n_t_tri else 0.0)
         id_msg.append(float(tid in in_msg))
         id_tool.append(float(tool_tid == tid))
         id_seen.append(float(tid in in_transcript))
         asst_in.append(len(asst_stems & t_stems) / n_asst if n_asst else 0.0)
-        focus_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in focus), default=0.0))
-        kept_in.append(max((len(c & t_stems) / len(c) if c else 0.0 for c in kept), default=0.0))
+        focus_in.append(_best_share(focus, t_stems))
+        kept_in.append(_best_share(kept, t_stems))
     # relative evidence and the split on whether the message names a task: as in pair_features
     best_overlap, best_tri, best_focus, best_ctx = max(task_in), max(task_tri), max(focus_in), max(ctx_in)
-    ctx_gap = [v - best_ctx for v in ctx_in]
+    ctx_gap = list(map(sub, ctx_in, repeat(best_ctx)))
     silent = float(best_overlap <= 0.0)
-    spoken = 1.0 - silent
-    # PAIR_NAMES order, column after column, in one flat list: one conversion to numpy
+    spoken, quiet = repeat(1.0 - silent), repeat(silent)
+    near_best = best_overlap - 1e-12
+    # PAIR_NAMES order, column after column, in one flat list: one conversion to numpy. Each derived
+    # column is the same operation on each value as pair_features' comprehension, mapped in C (a
+    # comprehension is a function object and a frame per column; ``repeat`` gives the other operand)
     flat = [
         *summary_in,
         *task_in,
         *task_tri,
-        *[v * spoken for v in ctx_in],
-        *[v * spoken for v in ctx_tri_col],
-        *[float(v >= best_overlap - 1e-12) for v in task_in],
-        *[v - best_overlap for v in task_in],
-        *[v - best_tri for v in task_tri],
+        *map(mul, ctx_in, spoken),
+        *map(mul, ctx_tri_col, spoken),
+        *map(float, map(ge, task_in, repeat(near_best))),
+        *map(sub, task_in, repeat(best_overlap)),
+        *map(sub, task_tri, repeat(best_tri)),
         *id_msg,
         *id_tool,
         *id_seen,
-        *[v * spoken for v in asst_in],
+        *map(mul, asst_in, spoken),
         *focus_in,
         *kept_in,
-        *[v - best_focus for v in focus_in],
-        *[v * spoken for v in ctx_gap],
-        *[v * silent for v in ctx_in],
-        *[v * silent for v in ctx_tri_col],
-        *[v * silent for v in ctx_gap],
-        *[v * silent for v in asst_in],
+        *map(sub, focus_in, repeat(best_focus)),
+        *map(mul, ctx_gap, spoken),
+        *map(mul, ctx_in, quiet),
+        *map(mul, ctx_tri_col, quiet),
+        *map(mul, ctx_gap, quiet),
+        *map(mul, asst_in, quiet),
     ]
-    return np.array(flat, dtype=np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
+    # packed float64 bytes read by np.frombuffer: np.array finds the list's type and converts each
+    # float on its own, at several times the cost (the array is read-only, as nothing writes to it)
+    return np.frombuffer(struct.pack(f"{len(flat)}d", *flat), np.float64).reshape(len(PAIR_NAMES), len(tasks)).T
+
+
+def _best_share(clause_stems: list[frozenset[str]], t_stems: frozenset[str]) -> float:
+    """The largest overlap() of a clause's stems with a task's (0 without clauses).
+
+    Most messages are one clause and keep no task: no generator for none or one clause (max() of
+    one value is that value).
+    """
+    if not clause_stems:
+        return 0.0
+    if len(clause_stems) == 1:
+        c = clause_stems[0]
+        return len(c & t_stems) / len(c) if c else 0.0
+    return max((len(c & t_stems) / len(c) if c else 0.0 for c in clause_stems), default=0.0)
 
 
 def _context_view(context: Sequence[ChatMessage]) -> tuple[frozenset[str], frozenset[str]]:
     """content_stems and trigram_set of the context as pair_features joins it (last CHAR_NGRAM_CHARS
     characters for trigrams), from the messages' own (cached: they are earlier messages).
 
-    Joining with spaces keeps every message's tokens unless a task id forms across a join, or a
-    dangling "-" (a token only at the very end of a text) is followed by the next message.
+    Joining with spaces keeps every message's tokens (lower-casing works per character but for the
+    final sigma, which a space ends either way) unless a task id forms across a join: one message
+    ends with "task" (or "taſk", which the pattern's IGNORECASE reads as it) and the next starts with
+    a digit; or a dangling "-" (a token only at the very end of a text) is followed by the next
+    message. trigram_set re-tokenises the content words joined by spaces: across messages, an id can
+    also form there from a token that ends with "task" (a word between it and a number dropped), so
+    the trigrams of such a context are those of its joined text. (Callbacks, "[task-3 progress] ...",
+    name ids in most contexts: the ids within a message are in its own tokens, "taskid".)
     """
     contents = [m.content for m in context]
     ctx = " ".join(contents)
-    if may_name_task(ctx.lower()) or any(tokens(c)[-1:] == ("-",) for c in contents[:-1]):
+    named = may_name_task(ctx.lower())
+    # (a text's last token is a dangling "-" exactly when it ends in "-" but for whitespace: only
+    # "-(?=\s*$)" makes a "-" token, and \s is what str.rstrip strips)
+    if (named and _joins_may_name_task(contents)) or ("-" in ctx and _dangles(contents[:-1])):
         return content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])
-    stems = frozenset().union(*map(content_stems, contents))
-    if len(ctx) > CHAR_NGRAM_CHARS:
+    stems = frozenset().union(*map(_EARLIER_STEMS.__getitem__, contents))
+    if len(ctx) > CHAR_NGRAM_CHARS or (named and _ends_task_token(contents[:-1])):
         return stems, trigram_set(ctx[-CHAR_NGRAM_CHARS:])
-    return stems, frozenset().union(*map(_earlier_trigrams, contents))
+    return stems, frozenset().union(*map(_EARLIER_TRIGRAMS.__getitem__, contents))
 
 
-@lru_cache(maxsize=FEATURE_CACHE)
-def _earlier_trigrams(content: str) -> frozenset[str]:
-    """Trigrams of a message before the last one (cached: it is in the context for several turns)."""
+def _joins_may_name_task(contents: list[str]) -> bool:
+    """Whether a task id may form where ``contents`` are joined by spaces (see _context_view)."""
+    # (plain loops, here and below: a context is a few messages, and a generator costs more than
+    # the tests)
+    for a, b in pairwise(contents):  # noqa: SIM110
+        if b[:1].isdigit() and may_name_task(a.lower()):
+            return True
+    return False
+
+
+def _dangles(contents: list[str]) -> bool:
+    """Whether one of ``contents`` ends in "-" but for whitespace (see _context_view)."""
+    for c in contents:  # noqa: SIM110
+        if c.rstrip().endswith("-"):
+            return True
+    return False
+
+
+def _ends_task_token(contents: list[str]) -> bool:
+    """Whether a token of one of ``contents`` ends with "task" (see _context_view)."""
+    for c in contents:  # noqa: SIM110
+        if "task " in f"{' '.join(tokens(c))} ":
+            return True
+    return False
+
+
+def _ids_of(content: str) -> frozenset[str]:
+    ids = mentioned_ids(content)
+    return frozenset(ids) if ids else _NO_IDS
+
+
+#: The ids of most messages: one object (the collector has one fewer container per message to scan).
+_NO_IDS: frozenset[str] = frozenset()
+
+
+#: Task ids named in a message before the last one (it is rescanned every later turn), by message:
+#: a dict read by subscript (see WordMemo; four times FEATURE_CACHE: the orchestrator benchmark's
+#: 200 conversations of 50 messages are 10,000 earlier messages).
+_EARLIER_IDS = WordMemo(_ids_of, 4 * FEATURE_CACHE)
+
+
+def _trigrams_of_text(content: str) -> frozenset[str]:
     return trigrams_of(tokens(content))
+
+
+def _stems_of_text(content: str) -> frozenset[str]:
+    return stems_of(tokens(content))
+
+
+#: Content stems and trigrams (trigram_set) of messages before the last one, by message: a message is
+#: in the context for several turns. Each Turn stores its own (it was scanned once: the lru_cache of
+#: content_stems, which other callers use, cannot be given a value), so a context's user messages
+#: are not scanned again; dicts read by subscript (see WordMemo), ~300 instructions less than a hit
+#: of an lru_cache.
+_EARLIER_STEMS = WordMemo(_stems_of_text, FEATURE_CACHE)
+_EARLIER_TRIGRAMS = WordMemo(_trigrams_of_text, FEATURE_CACHE)

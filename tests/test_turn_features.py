@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from intent.clauses import clauses, keeps
 from intent.contract import ChatMessage, TaskInfo
 from intent.dataset import load
 from intent.embedded import _task_stems, build_intent, reply_text
 from intent.embedded_model import EmbeddedModel, Prediction
 from intent.features import (
     CHAR_NGRAM_CHARS,
+    CLAUSE_SPLIT,
+    KEEP_CUE,
     context_terms,
     dense_features,
     message_terms,
@@ -41,7 +44,7 @@ from intent.text import (
     trigram_set,
     trigrams_of,
 )
-from intent.turn_features import Turn, _context_view, dense_row, pair_rows
+from intent.turn_features import _EARLIER_STEMS, _EARLIER_TRIGRAMS, Turn, _context_view, dense_row, pair_rows
 from orchestrator.bench_turns import utterance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,3 +329,66 @@ def test_ids_of_texts_joined_by_newlines_are_those_of_each_text() -> None:
     for _ in range(20_000):
         texts = [_id_text(rng) for _ in range(rng.randint(1, 4))]
         assert ids_in_lowered("\n".join(texts).lower()) == set().union(*map(mentioned_ids, texts)), texts
+
+
+#: Pieces of text around the clause patterns: their separators, the conjunctions after commas (and as
+#: parts of other words), the words that keep a task, other cases and scripts.
+_CLAUSE_PIECES = [".", ";", "!", "?", "\n", ",", ", ", ",  ", " ", "  ", "but", "and", "so", "though", "although",
+                  "however", "button", "also", "sand", "still", "keep", "keeping", "stays", "continue", "carry on",
+                  "finish", "go ahead", "proceed", "leave", "remain", "remains", "as planned", "is fine",
+                  "are fine", "unchanged", "as is", "has issues", "fine", "the flight", "x", "é", "İ", "\u00a0",
+                  "...", "—", "task-2"]  # fmt: skip
+
+
+def _clause_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_CLAUSE_PIECES) for _ in range(rng.randint(0, 9)))
+
+
+def test_clauses_and_keeps_equal_the_patterns() -> None:
+    """clauses() gives the non-blank parts of CLAUSE_SPLIT.split, keeps() whether KEEP_CUE matches."""
+    rng = random.Random(8)
+    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_clause_text(rng) for _ in range(30_000))]
+    texts += [m.content for ex in load(DATA).examples for m in ex.transcript]
+    for text in texts:
+        lowered = text.lower()
+        assert clauses(lowered) == [c for c in CLAUSE_SPLIT.split(lowered) if c and c.strip()], repr(text)
+        for clause in [lowered, *CLAUSE_SPLIT.split(lowered)]:
+            assert keeps(clause) == (KEEP_CUE.search(clause) is not None), repr(clause)
+
+
+#: Context messages around the joins _context_view reads per message: "task" (any case, the long s) at
+#: a message's end and digits (other scripts too) at the next one's start, words between them that
+#: trigram_set drops, ids inside messages (callbacks), dangling dashes.
+_CONTEXT_PIECES = ["task", "TASK", "Task", "taſk", "the task", "my task", "x'task", "5", "12 more", "\u0663 left",
+                   "to 5", "the 7", "[task-3 progress] working", "task-4", "ok", "to", "the", "-", "wait -", " ",
+                   "", "book it", "thanks", "-\n", "- \t", "a-b", "x -- y"]  # fmt: skip
+
+
+def test_context_view_equals_the_joined_context_around_task_ids() -> None:
+    rng = random.Random(9)
+    for _ in range(20_000):
+        contents = [" ".join(rng.choice(_CONTEXT_PIECES) for _ in range(rng.randint(0, 3))) for _ in range(3)]
+        context = [ChatMessage(role=rng.choice(["user", "assistant", "tool"]), content=c) for c in contents]
+        ctx = " ".join(contents)
+        assert _context_view(context) == (content_stems(ctx), trigram_set(ctx[-CHAR_NGRAM_CHARS:])), contents
+
+
+def test_turn_remembers_its_views_as_those_of_an_earlier_message() -> None:
+    """A Turn's stems and (for a message within CHAR_NGRAM_CHARS) trigrams, stored for later turns,
+    are content_stems and trigram_set of its text; a longer message's head trigrams are not stored."""
+    for text in [*TRICKY, "please book the hotel near the station " * 20]:
+        turn = Turn(ChatMessage(role="user", content=text))
+        assert _EARLIER_STEMS[text] == content_stems(text)
+        assert turn.tri == trigram_set(text[:CHAR_NGRAM_CHARS])
+        assert _EARLIER_TRIGRAMS[text] == trigram_set(text)
+
+
+def test_word_memo_remember_keeps_the_bound() -> None:
+    memo = WordMemo(str.upper, 2)
+    memo.remember("a", "x")
+    assert memo["a"] == "x"
+    memo.remember("b", "y")
+    memo.remember("c", "z")
+    assert len(memo) <= 2
+    assert memo["c"] == "z"
+    assert memo["a"] == "A"

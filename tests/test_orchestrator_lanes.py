@@ -14,7 +14,7 @@ from orchestrator.lanes import Capacity
 from orchestrator.partition import GROUP
 from orchestrator.runtime import Orchestrator
 from orchestrator.turn_processor import TurnRecord
-from tests.orch_support import GateRouter, applied_total, loop_settings, pending_total, wait_until
+from tests.orch_support import GateRouter, JitterRouter, applied_total, loop_settings, pending_total, wait_until
 
 #: decisions are held at a gate for as long as a test needs: no timeout may end them meanwhile
 HOLD_MS = 60_000
@@ -214,3 +214,25 @@ async def test_a_slot_given_back_wakes_one_waiting_reader_first_come_first_serve
     assert waiters[4].done() and not waiters[5].done()
     capacity.pass_on()  # (the slot is still free: nobody took it)
     assert waiters[5].done() and not waiters[6].done()
+
+
+async def test_a_bound_of_one_processes_every_turn_one_at_a_time(redis_url: str, prefix: str, redis: Redis) -> None:
+    """The smallest bound: no read may hold a slot while waiting (a wait budget of 0), readers of
+    idle partitions wait holding nothing, and every turn still goes through, one at a time."""
+    settings = loop_settings(redis_url, prefix, partitions=4, max_in_flight=1)
+    keys = settings.keys()
+    records: list[TurnRecord] = []
+    orch = Orchestrator(settings, JitterRouter(max_ms=2), observer=records.append)
+    convs = [f"one-{c}" for c in range(12)]
+    publisher = Publisher(redis, keys)
+    await publisher.publish_many([make_turn(c, "first", turn_id=f"{c}-0") for c in convs])
+    await orch.start()
+    try:
+        # and more while it runs: idle readers must notice new entries without holding the one slot
+        await asyncio.sleep(0.2)
+        await publisher.publish_many([make_turn(c, "second", turn_id=f"{c}-1") for c in convs])
+        await wait_until(lambda: _applied_is(redis, keys, convs, 24), 30, "24 turns applied")
+    finally:
+        await orch.stop()
+    assert orch.capacity.peak == 1
+    assert len(records) == 24 and await pending_total(redis, keys) == 0

@@ -54,13 +54,19 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 log = structlog.get_logger("sraq.partition")
 
 # KEYS: 1 lease, 2 turns, 3 dead, 4 errors. ARGV: 1 token, 2 group, 3 entry id, 4.. dead-letter fields.
-# XACK first: if the entry was acknowledged already (a retried call), nothing is written twice; entries
-# trimmed while pending are not in the PEL any more (Redis 7 XAUTOCLAIM dropped them) but are recorded.
-_DEAD_LETTER = f"""
+# XACK first: if the entry was acknowledged already (a retried call), nothing is written twice. Entries
+# trimmed while pending are not in the PEL any more (Redis 7 XAUTOCLAIM dropped them), so XACK cannot
+# tell a retry: the newest dead letter can (only the lease holder writes them, one at a time, and a
+# retry follows its lost first attempt at once). ARGV[5], ARGV[6] are "entry_id", the id.
+DEAD_LETTER_LUA = f"""
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[3])
-if acked == 0 and ARGV[4] ~= 'trimmed' then return 0 end
+if acked == 0 then
+  if ARGV[4] ~= 'trimmed' then return 0 end
+  local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  if newest and newest[2][4] == ARGV[3] then return 0 end
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', {DEAD_MAXLEN}, '*', 'reason_kind', ARGV[4], unpack(ARGV, 5))
 return 1
 """
@@ -134,7 +140,7 @@ class PartitionWorker:
         self.max_content_bytes = max_content_bytes
         self._on_failure = on_failure
         self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
-        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
         self._read_script = redis.register_script(_FENCED_READ)
         # the wait of _wait_then_read and _wait_for_entry, packed once: only the id to wait after varies.
         # COUNT 2: whether more than the one entry the read behind it takes has come (see _wait_then_read)

@@ -14,7 +14,7 @@ from ledger import Keys, Ledger
 from ledger.turns import Publisher, decode_entry, encode_turn, make_turn
 from orchestrator.local_redis import LocalRedis
 from orchestrator.membership import Membership
-from orchestrator.partition import GROUP
+from orchestrator.partition import DEAD_LETTER_LUA, GROUP
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from tests.orch_support import assert_exactly_once, dead_letters, loop_settings, pending_total, wait_until
@@ -245,3 +245,16 @@ async def test_stop_is_bounded_when_redis_hangs(tmp_path, prefix: str) -> None: 
         if server.proc is not None:
             server.proc.send_signal(signal.SIGCONT)
         server.cleanup()
+
+
+async def test_a_retried_dead_letter_of_a_trimmed_entry_is_written_once(redis: Redis, keys: Keys) -> None:
+    """A trimmed entry is no longer in the PEL, so XACK cannot tell a retry (its first attempt's reply
+    lost) from a first attempt: the dead-letter step checks the newest dead letter instead."""
+    pk = keys.partition(0)
+
+    def args(entry_id: str) -> list[str | int]:
+        return ["", GROUP, entry_id, "trimmed", "entry_id", entry_id, "reason", "trimmed", "deliveries", 0, "at", 1]
+
+    for entry_id in ("5-0", "5-0", "6-0", "6-0"):  # each one a first attempt and its retry
+        await redis.eval(DEAD_LETTER_LUA, 4, pk.lease, pk.turns, pk.dead, pk.errors, *args(entry_id))
+    assert [f[b"entry_id"] for _id, f in await redis.xrange(pk.dead)] == [b"5-0", b"6-0"]

@@ -11,8 +11,8 @@ Life of a partition owned by this instance:
 2. Then ``XREADGROUP >`` in batches (a fenced script), never reading more than the free in-flight
    slots; when a read comes back short, a plain blocking ``XREAD`` past the group's last-delivered id
    waits for the next entry, sent in one write with the next fenced read (Redis runs that read as
-   soon as the wait ends: :meth:`PartitionWorker._wait_then_read`). These reads go over one
-   connection the loop holds (no pool checkout per command); the lanes' commits and dead letters
+   soon as the wait ends: :meth:`PartitionStream.wait_then_read`). These reads go over one
+   connection the loop holds (:mod:`orchestrator.partition_stream`); the lanes' commits and dead letters
    use the shared pool.
 3. Malformed entries (anything :func:`ledger.turns.decode_entry` refuses) are dead-lettered and
    acknowledged in one fenced Lua step; the loop keeps going.
@@ -34,55 +34,18 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import Keys, LeaseLost
-from ledger.resp import exchange, pack_bulk, pack_command_head, pack_evalsha, reloading
 from ledger.turns import InvalidTurn, Turn, decode_entry, encode_turn
 from orchestrator.lanes import Capacity, Lanes
 from orchestrator.membership import Lease
 from orchestrator.metrics import Metrics
+from orchestrator.partition_stream import CLAIM, GROUP, READ, TRANSIENT, PartitionStream, as_text, fields_of
 
-GROUP = "orchestrator"
-DEAD_MAXLEN = 100_000
-#: Errors after which a retry with backoff is right: the turn is fine, Redis is (briefly) not.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+__all__ = ["GROUP", "TRANSIENT", "Entry", "PartitionWorker", "Processor", "backoff"]
 
 log = structlog.get_logger("sraq.partition")
-
-# KEYS: 1 lease, 2 turns, 3 dead, 4 errors. ARGV: 1 token, 2 group, 3 entry id, 4.. dead-letter fields.
-# XACK first: if the entry was acknowledged already (a retried call), nothing is written twice. Entries
-# trimmed while pending are not in the PEL any more (Redis 7 XAUTOCLAIM dropped them), so XACK cannot
-# tell a retry: the newest dead letter can (only the lease holder writes them, one at a time, and a
-# retry follows its lost first attempt at once). ARGV[5], ARGV[6] are "entry_id", the id.
-DEAD_LETTER_LUA = f"""
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[3])
-if acked == 0 then
-  if ARGV[4] ~= 'trimmed' then return 0 end
-  local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-  if newest and newest[2][4] == ARGV[3] then return 0 end
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', {DEAD_MAXLEN}, '*', 'reason_kind', ARGV[4], unpack(ARGV, 5))
-return 1
-"""
-
-
-# Reads are fenced too: a stale owner (paused past its lease) must not move entries into its own
-# pending list, or the new owner would read newer entries first and break per-conversation order.
-# KEYS: 1 lease, 2 turns. ARGV: 1 token, 2 group, 3 consumer, 4 count, 5 mode (read|claim), 6 claim start.
-READ, CLAIM = "read", "claim"
-_FENCED_READ = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lease'} end
-if ARGV[5] == 'read' then
-  return {'ok', redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '>')}
-end
-return {'ok', redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])}
-"""
 
 
 @dataclass(slots=True)
@@ -124,32 +87,19 @@ class PartitionWorker:
         on_failure: Callable[[PartitionWorker, BaseException], None],
     ) -> None:
         self.redis = redis
-        #: the read loop's own connection (same pool, held while the loop runs): its commands skip the
-        #: pool's per-command checkout (a lock and a health check, ~14 µs of CPU each). Lanes use ``redis``.
-        self.reader = redis.client()
         self.lease = lease
         self.partition = lease.partition
         self.pk = keys.partition(lease.partition)
-        self.consumer = consumer
+        #: the stream's side: fenced reads over the loop's own connection, waits, claims, dead letters
+        self.stream = PartitionStream(redis, keys, lease, consumer, read_block_ms=read_block_ms)
         self.capacity = capacity
         self.processor = processor
         self.metrics = metrics
         self.read_batch = read_batch
-        self.read_block_ms = read_block_ms
         self.max_deliveries = max_deliveries
         self.max_content_bytes = max_content_bytes
         self._on_failure = on_failure
         self.lanes: Lanes[Entry] = Lanes(f"p{self.partition}", capacity, self._handle, self._lane_failed)
-        self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
-        self._read_script = redis.register_script(_FENCED_READ)
-        # the wait of _wait_then_read and _wait_for_entry, packed once: only the id to wait after varies.
-        # COUNT 2: whether more than the one entry the read behind it takes has come (see _wait_then_read)
-        self._wait_prefix = pack_command_head(
-            ["XREAD", "COUNT", 2, "BLOCK", read_block_ms, "STREAMS", self.pk.turns], nargs=1
-        )
-        self._fenced_reads: dict[int, bytes] = {}
-        #: fenced reads the read loop sent (behind a wait or not): a steady trickle should cost one per entry
-        self.reads = 0
         self._stop = asyncio.Event()
         #: what the read loop awaits while the process is full (Capacity.room), cancelled on stop
         self._room: asyncio.Future[None] | None = None
@@ -227,7 +177,7 @@ class PartitionWorker:
                     continue
                 # Slots are reserved before a read, at most the free ones and with no await in between,
                 # so the readers of all partitions never read more between them than there is room
-                # for. A read sent behind a wait for the next entry (_wait_then_read) holds its slot
+                # for. A read sent behind a wait for the next entry (PartitionStream.wait_then_read) holds its slot
                 # for as long as the partition is idle, so it asks for one entry, and only while
                 # such holds stay within the capacity's wait budget (idle partitions must not sit on
                 # room a busy one needs); past it, the reader waits holding nothing, then reads.
@@ -237,23 +187,22 @@ class PartitionWorker:
                 entries: list[Any] = []
                 try:
                     if last_id is None:
-                        last_id = await self._last_delivered()
+                        last_id = await self.stream.last_delivered()
                     if drained and not holds:
-                        drained = not await self._wait_for_entry(last_id)
+                        drained = not await self.stream.wait_for_entry(last_id)
                         continue
-                    self.reads += 1
                     if drained:
                         # the last read got less than it asked for: wait for the next entry, then read;
                         # drained still unless the wait saw more entries than the read took
-                        reply, more = await self._wait_then_read(last_id, count)
+                        reply, more = await self.stream.wait_then_read(last_id, count)
                         entries = reply[0][1] if reply else []
                         drained = not more
                     else:
-                        reply = await self._fenced(READ, count)
+                        reply = await self.stream.fenced(READ, count)
                         entries = reply[0][1] if reply else []
                         drained = len(entries) < count
                     if entries:
-                        last_id = _text(entries[-1][0])
+                        last_id = as_text(entries[-1][0])
                 except TRANSIENT as exc:
                     failures += 1
                     self.metrics.redis_errors.inc()
@@ -269,7 +218,7 @@ class PartitionWorker:
                 finally:
                     self.capacity.release(count - len(entries), wait=holds)
                 failures = 0
-                await self._accept_all([(_text(eid), _fields(fields), 1) for eid, fields in entries])
+                await self._accept_all([(as_text(eid), fields_of(fields), 1) for eid, fields in entries])
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -278,100 +227,13 @@ class PartitionWorker:
             self.log.error("reader_failed", error=repr(exc), exc_info=exc)
             self._on_failure(self, exc)
         finally:
-            # back to the pool (a command cancelled mid-reply has already dropped the connection)
-            await self.reader.aclose()
-
-    async def _fenced(self, mode: str, count: int, start: str = "0-0") -> Any:
-        """XREADGROUP ``>`` or XAUTOCLAIM, only while our lease holds (raises LeaseLost otherwise)."""
-        reply = await self._read_script(
-            keys=[self.pk.lease, self.pk.turns],
-            args=[self.lease.token, GROUP, self.consumer, count, mode, start],
-            client=self.reader,
-        )
-        return self._unfenced(reply)
-
-    def _fenced_read(self, count: int) -> bytes:
-        """The fenced ``XREADGROUP`` of up to ``count`` entries as RESP (one per count, kept)."""
-        packed = self._fenced_reads.get(count)
-        if packed is None:
-            args: list[str | int] = [self.lease.token, GROUP, self.consumer, count, READ, "0-0"]
-            packed = self._fenced_reads[count] = pack_evalsha(
-                self._read_script.sha, [self.pk.lease, self.pk.turns], args
-            )
-        return packed
-
-    def _unfenced(self, reply: list[Any]) -> Any:
-        if _text(reply[0]) == "lease":
-            raise LeaseLost(self.partition)
-        return reply[1] if len(reply) > 1 else None
-
-    async def _wait_then_read(self, after: str, count: int) -> tuple[Any, bool]:
-        """Nothing new to read: wait for an entry past ``after``, then read like :meth:`_fenced`, in one write.
-        Returns the read's reply, and whether the wait saw more entries than ``count`` (read on at once).
-
-        The two commands go out together: a plain ``XREAD BLOCK`` past the group's last-delivered id
-        ``after`` (no delivery, no side effect), then the fenced ``XREADGROUP`` script. Redis does not
-        run a blocked client's next command until the block ends, so the read runs the moment an
-        entry arrives (or the block times out), exactly as if we had sent it then, without the round
-        trip back to us in between: at a steady rate that is one socket write and one loop wake-up per
-        read instead of two (the wait was ~9% of the orchestrator's CPU at 1,000 turns/s, with the
-        read's round trip on top). Past the group's id, not the stream's tail: an entry appended after
-        our last read returns at once instead of waiting the whole block time (~500 ms outliers in
-        ``sraq bench handoff`` before). The id is tracked from our own fenced reads, the only ones that
-        move it, so waiting costs no ``XINFO`` round trip per idle cycle.
-
-        The read asks for few entries (it holds a slot per entry for as long as the partition is idle:
-        see the read loop), so the wait asks for two: Redis runs the read right after the wait ends,
-        and if the wait saw more new entries than the read takes, the caller reads the rest at once
-        instead of waiting again.
-
-        Both replies are always read (a reply left unread would be taken for the next command's); a
-        connection error or a cancellation drops the connection (:func:`ledger.resp.exchange`).
-        """
-        conn = await self._held()
-        packed = self._wait_prefix + pack_bulk(after) + self._fenced_read(count)
-        # a restarted Redis lost the script: both go again (the wait returns at once if entries came)
-        replies = await reloading(self.reader, _FENCED_READ, lambda: exchange(conn, packed, 2))
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        # whatever the wait returned (entries, or nil after the block time), the read says what is ours
-        waited = replies[0][0][1] if replies[0] else []
-        return self._unfenced(replies[1]), len(waited) > count
-
-    async def _wait_for_entry(self, after: str) -> bool:
-        """Wait for an entry past ``after`` (up to the block time) without reading it: the wait of
-        :meth:`_wait_then_read` alone, for when no slot can be held meanwhile. True if one came."""
-        conn = await self._held()
-        (reply,) = await exchange(conn, self._wait_prefix + pack_bulk(after), 1)
-        if isinstance(reply, Exception):
-            raise reply
-        return bool(reply)
-
-    async def _held(self) -> Connection:
-        """The read loop's held connection (created on first use)."""
-        conn = self.reader.connection
-        if conn is None:
-            await self.reader.initialize()
-            conn = self.reader.connection
-            assert conn is not None
-        return conn
-
-    async def _last_delivered(self) -> str:
-        """The group's last-delivered id (read once; afterwards our own reads tell us)."""
-        groups = await self.reader.xinfo_groups(self.pk.turns)
-        last = next((g.get("last-delivered-id") for g in groups if _text(g.get("name", b"")) == GROUP), None)
-        return _text(last) if last else "0-0"
+            await self.stream.aclose()
 
     async def _ensure_group(self) -> None:
         for attempt in range(1, 1_000_000):
             try:
-                await self.reader.xgroup_create(self.pk.turns, GROUP, id="0", mkstream=True)
+                await self.stream.create_group()
                 return
-            except ResponseError as exc:
-                if "BUSYGROUP" in str(exc):
-                    return
-                raise
             except TRANSIENT as exc:
                 self.log.warning("group_create_failed", error=str(exc))
                 await self._sleep(backoff(attempt))
@@ -391,10 +253,10 @@ class PartitionWorker:
             self.capacity.reserve(count)  # as the read loop does: never claim more than there is room for
             entries: list[tuple[str, dict[bytes, bytes] | None]] = []
             try:
-                reply = await self._fenced(CLAIM, count, start)
-                entries = [(_text(eid), _fields(fields)) for eid, fields in reply[1]]
-                deleted = [_text(d) for d in (reply[2] if len(reply) > 2 else [])]
-                counts = await self._delivery_counts([eid for eid, fields in entries if fields is not None])
+                reply = await self.stream.fenced(CLAIM, count, start)
+                entries = [(as_text(eid), fields_of(fields)) for eid, fields in reply[1]]
+                deleted = [as_text(d) for d in (reply[2] if len(reply) > 2 else [])]
+                counts = await self.stream.delivery_counts([eid for eid, fields in entries if fields is not None])
             except TRANSIENT as exc:
                 self.capacity.release(count)
                 attempt += 1
@@ -410,20 +272,12 @@ class PartitionWorker:
                 await self._dead(entry_id, "trimmed", "entry was trimmed from the stream while pending", {}, 0)
             await self._accept_all([(eid, fields, counts.get(eid, 1)) for eid, fields in entries])
             claimed_total += len(entries) + len(deleted)
-            next_id = _text(reply[0])
+            next_id = as_text(reply[0])
             if next_id == "0-0":
                 break
             start = next_id
         if claimed_total:
             self.log.info("recovered_pending", entries=claimed_total)
-
-    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
-        if not ids:
-            return {}
-        rows = await self.reader.xpending_range(
-            self.pk.turns, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 16, consumername=self.consumer
-        )
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def _accept_all(self, read: list[tuple[str, dict[bytes, bytes] | None, int]]) -> None:
         """Queue the entries of one read (id, fields, deliveries) in their lanes, each on one of the
@@ -454,34 +308,25 @@ class PartitionWorker:
         if deliveries > self.max_deliveries:
             reason = f"delivered {deliveries} times (max {self.max_deliveries})"
             # the last error an earlier attempt recorded (an owner that crashed mid-turn left none)
-            last: bytes | None = await self.reader.hget(self.pk.errors, entry_id)  # type: ignore[misc]
+            last = await self.stream.last_error(entry_id)
             if last:
-                reason += f"; last error: {last.decode(errors='replace')}"
+                reason += f"; last error: {last}"
             await self._dead(entry_id, "deliveries", reason, fields, deliveries)
             return False
         self.lanes.submit(turn.conversation_id, Entry(entry_id, turn, deliveries), reserved=True)
         return True
 
     async def _dead(self, entry_id: str, kind: str, reason: str, fields: dict[bytes, bytes], deliveries: int) -> None:
-        """Move an entry to the dead-letter stream and acknowledge it (one fenced Lua step)."""
-        args: list[str | bytes | int] = [self.lease.token, GROUP, entry_id, kind]
-        args += ["entry_id", entry_id, "reason", reason, "deliveries", deliveries, "partition", self.partition]
-        args += ["at", int(time.time() * 1000)]
-        for name, value in fields.items():
-            args += [b"field:" + name, value]
+        """Move an entry to the dead-letter stream and acknowledge it (retried while Redis is away)."""
         for attempt in range(1, 1_000_000):
             try:
-                result = await self._dead_letter(
-                    keys=[self.pk.lease, self.pk.turns, self.pk.dead, self.pk.errors], args=args
-                )
+                written = await self.stream.dead_letter(entry_id, kind, reason, fields, deliveries)
                 break
             except TRANSIENT as exc:
                 self.metrics.redis_errors.inc()
                 self.log.warning("dead_letter_failed", error=str(exc), retry=attempt)
                 await self._sleep(backoff(attempt))
-        if int(result) == -1:
-            raise LeaseLost(self.partition)
-        if int(result) == 1:
+        if written:
             self.metrics.dead_letters.labels(reason=kind).inc()
             self.log.warning("dead_letter", entry_id=entry_id, reason_kind=kind, reason=reason, deliveries=deliveries)
 
@@ -552,16 +397,3 @@ class PartitionWorker:
 
 def _turn_fields(turn: Turn) -> dict[bytes, bytes]:
     return {k.encode(): v for k, v in encode_turn(turn).items()}
-
-
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _fields(flat: list[bytes] | dict[bytes, bytes] | None) -> dict[bytes, bytes] | None:
-    """Stream entry fields from a script reply (a flat list); None/false for an entry trimmed while pending."""
-    if not flat:
-        return None
-    if isinstance(flat, dict):
-        return flat
-    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -185,11 +185,11 @@ async def test_a_trickle_of_turns_costs_one_read_each(redis_url: str, prefix: st
         await publisher.publish(make_turn("trickle", "hello", turn_id="t-warm"))
         await wait_until(lambda: _applied_is(redis, keys, ["trickle"], 1), 10, "the first turn")
         worker = orch.partitions[0]
-        before = worker.reads
+        before = worker.stream.reads
         for i in range(20):
             await publisher.publish(make_turn("trickle", f"message {i}", turn_id=f"t-{i}"))
             await wait_until(lambda n=i + 2: _applied_is(redis, keys, ["trickle"], n), 10, f"turn {i}")
-        reads = worker.reads - before
+        reads = worker.stream.reads - before
     finally:
         await orch.stop()
     assert 20 <= reads <= 22, reads

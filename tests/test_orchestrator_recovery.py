@@ -14,7 +14,8 @@ from ledger import Keys, Ledger
 from ledger.turns import Publisher, decode_entry, encode_turn, make_turn
 from orchestrator.local_redis import LocalRedis
 from orchestrator.membership import Membership
-from orchestrator.partition import DEAD_LETTER_LUA, GROUP
+from orchestrator.partition import GROUP
+from orchestrator.partition_stream import DEAD_LETTER_LUA
 from orchestrator.runtime import Orchestrator
 from orchestrator.scripted import ScriptedBackend
 from tests.orch_support import assert_exactly_once, dead_letters, loop_settings, pending_total, wait_until

@@ -80,18 +80,25 @@ async def exchange(conn: Connection, packed: bytes, count: int) -> list[Any]:
         raise
 
 
-async def reloading(client: Redis, body: str, send: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
-    """``send()`` (one write of packed commands, replies in place); if a reply says NOSCRIPT (Redis
-    restarted or flushed its script cache), load ``body`` on ``client`` once and ``send()`` again.
+async def reloading(
+    client: Redis, body: str, commands: Sequence[bytes], send: Callable[[bytes, int], Awaitable[list[Any]]]
+) -> list[Any]:
+    """Send packed ``commands`` in one write (``send(packed, count)``: replies in place); the ones
+    that met NOSCRIPT (Redis restarted or flushed its script cache) go again, once, after ``body`` is
+    loaded on ``client``. Returns one reply per command.
 
     The one place every hand-packed ``EVALSHA`` path recovers from a lost script cache, as redis-py's
-    ``Script`` does for its own calls. Commands sent with the script go again with it: they must be
-    safe to repeat (an ``EVALSHA`` that failed with NOSCRIPT ran nothing).
+    ``Script`` does for its own calls. Only those commands go again: an ``EVALSHA`` that failed with
+    NOSCRIPT ran nothing, while the others of the write did and must not run twice (a commit would
+    come back as a duplicate, without the outbox entries its first run handed over).
     """
-    replies = await send()
-    if any(isinstance(r, NoScriptError) for r in replies):
+    replies = await send(b"".join(commands), len(commands))
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
         await client.script_load(body)
-        replies = await send()
+        again = await send(b"".join(commands[i] for i in missing), len(missing))
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
     return replies
 
 
@@ -105,7 +112,7 @@ async def evalsha(client: Redis, sha: str, body: str, keys: Sequence[str], args:
         if conn is None:
             raise TypeError("evalsha needs a single_connection_client")
     packed = pack_evalsha(sha, keys, args, cache_keys=False)
-    (reply,) = await reloading(client, body, lambda: exchange(conn, packed, 1))
+    (reply,) = await reloading(client, body, [packed], functools.partial(exchange, conn))
     if isinstance(reply, Exception):
         raise reply
     return reply

@@ -273,8 +273,9 @@ class Ledger:
 
         Returns one reply per call, a ``ResponseError`` instance in place of a failed call's reply.
         """
-        packed = b"".join(pack_evalsha(sha, keys, args) for sha, keys, args in calls)
-        return await reloading(self.redis, body, lambda: self._send(packed, len(calls)))
+        return await reloading(
+            self.redis, body, [pack_evalsha(sha, keys, args) for sha, keys, args in calls], self._send
+        )
 
     async def _send(self, packed: bytes, count: int) -> list[Any]:
         """Write ``count`` packed commands on one pooled connection and read their replies

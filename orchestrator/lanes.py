@@ -54,6 +54,11 @@ class Capacity:
         """Items in the lanes (not counting reservations)."""
         return self.used - self.reserved
 
+    @property
+    def sleeping(self) -> int:
+        """Readers waiting for room and not woken yet (with a slot free, only for an instant)."""
+        return sum(1 for fut in self._waiters if not fut.done())
+
     def room(self) -> asyncio.Future[None]:
         """A future resolved once a slot is free for its holder, to await instead of polling.
 

@@ -93,7 +93,9 @@ class Membership:
         return [m.decode() for m, _ in members], silent
 
     async def expiries(self, partitions: list[int]) -> float | None:
-        """Seconds until the first of these partitions' leases (held by others) runs out (None: none held)."""
+        """Seconds until the first of these partitions' leases (held by others) runs out: 0 if one is
+        gone already (it expired since we tried), None if none will (no lease, or one without a TTL,
+        which only a hand-written key has: waking early for it would spin)."""
         if not partitions:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -101,7 +103,9 @@ class Membership:
                 pipe.pttl(self.keys.partition(p).lease)
             ttls = [int(t) for t in await pipe.execute()]
         held = [t for t in ttls if t >= 0]
-        return min(held) / 1000 if held else 0.0
+        if held:
+            return min(held) / 1000
+        return 0.0 if -2 in ttls else None
 
     async def leave(self) -> None:
         """Remove this instance from the live set (graceful shutdown)."""

@@ -189,6 +189,8 @@ class PartitionWorker:
                     if last_id is None:
                         last_id = await self.stream.last_delivered()
                     if drained and not holds:
+                        # holding nothing: a slot this reader was woken for goes to the next waiter
+                        self.capacity.pass_on()
                         drained = not await self.stream.wait_for_entry(last_id)
                         continue
                     if drained:
@@ -204,6 +206,9 @@ class PartitionWorker:
                     if entries:
                         last_id = as_text(entries[-1][0])
                 except TRANSIENT as exc:
+                    # the slots go back before the backoff: other partitions may read meanwhile
+                    self.capacity.release(count, wait=holds)
+                    count, holds = 0, False
                     failures += 1
                     self.metrics.redis_errors.inc()
                     self.log.warning("read_failed", error=str(exc), retry=failures)
@@ -338,14 +343,16 @@ class PartitionWorker:
             try:
                 await fut
             except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    capacity.pass_on()  # woken, then cancelled before taking the slot
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the read loop itself is cancelled (abort)
                 # else stop_reading() cancelled the wait
             finally:
                 self._room = None
-                if self.stopping and fut.done() and not fut.cancelled():
-                    capacity.pass_on()  # woken, but not reading: the next waiter gets the slot
+            if self.stopping and not fut.cancelled():
+                capacity.pass_on()  # woken, but not reading: the next waiter gets the slot
         return 0 if self.stopping else capacity.free
 
     async def _sleep(self, seconds: float) -> None:

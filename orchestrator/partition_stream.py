@@ -8,6 +8,7 @@ read when, and where entries go, is :class:`orchestrator.partition.PartitionWork
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -133,9 +134,9 @@ class PartitionStream:
         """
         self.reads += 1
         conn = await self._held()
-        packed = self._wait_prefix + pack_bulk(after) + self._packed_read(count)
-        # a restarted Redis lost the script: both go again (the wait returns at once if entries came)
-        replies = await reloading(self.reader, _FENCED_READ, lambda: exchange(conn, packed, 2))
+        wait, read = self._wait_prefix + pack_bulk(after), self._packed_read(count)
+        # a restarted Redis lost the script: the read goes again once it is loaded (not the wait)
+        replies = await reloading(self.reader, _FENCED_READ, [wait, read], functools.partial(exchange, conn))
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -186,7 +187,10 @@ class PartitionStream:
 
     async def last_error(self, entry_id: str) -> str | None:
         """The error an earlier attempt at ``entry_id`` recorded (see PartitionWorker._handle), if any."""
-        last: bytes | None = await self.reader.hget(self.pk.errors, entry_id)  # type: ignore[misc]
+        try:
+            last: bytes | None = await self.reader.hget(self.pk.errors, entry_id)  # type: ignore[misc]
+        except TRANSIENT:  # best effort, as its recording: the dead letter then says less, nothing is lost
+            return None
         return last.decode(errors="replace") if last else None
 
     async def dead_letter(

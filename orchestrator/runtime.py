@@ -97,6 +97,8 @@ class Orchestrator:
         self._wake = asyncio.Event()
         #: seconds from the last tick until membership can next change (see _control_loop)
         self._next_change: float | None = None
+        #: control ticks begun (heartbeat, renewals, rebalance): about one per lease_ms / 3
+        self.ticks = 0
         self._control_done = False
         self._stopped = asyncio.Event()
         self._last_tick = 0.0
@@ -326,8 +328,10 @@ class Orchestrator:
                 return
 
     async def _tick(self) -> None:
-        live, silent_peer = await self.membership.heartbeat()
+        # (reset first: a tick that fails must not leave an early wake behind for every retry)
         self._next_change = None
+        self.ticks += 1
+        live, silent_peer = await self.membership.heartbeat()
         held = [w.lease for w in self.partitions.values() if not w.lost]
         for lease in await self.membership.renew(held):
             self._abort(lease.partition, "renewal refused")

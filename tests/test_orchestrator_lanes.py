@@ -4,6 +4,8 @@ one conversation's turns one at a time, and the in-flight bound holds across par
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -236,3 +238,46 @@ async def test_a_bound_of_one_processes_every_turn_one_at_a_time(redis_url: str,
         await orch.stop()
     assert orch.capacity.peak == 1
     assert len(records) == 24 and await pending_total(redis, keys) == 0
+
+
+async def test_no_free_slot_is_left_unused_while_readers_wait(redis_url: str, prefix: str, redis: Redis) -> None:
+    """16 partitions under a bound of 4, three busy conversations: a reader woken for a slot that
+    ends up waiting for entries holding nothing must hand the slot on. (It did not, and the slot sat
+    free while busy partitions' readers slept, up to a whole block time, ~50 times in 12 s.)"""
+    settings = loop_settings(redis_url, prefix, partitions=16, max_in_flight=4, read_block_ms=1000)
+    keys = settings.keys()
+    orch = Orchestrator(settings, JitterRouter(max_ms=30))
+    publisher = Publisher(redis, keys)
+    capacity = orch.capacity
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        since: float | None = None
+        while not done.is_set():
+            now = time.monotonic()
+            if capacity.free > 0 and capacity.sleeping:
+                since = since or now
+            elif since is not None:
+                if now - since > 0.15:
+                    stalls.append(now - since)
+                since = None
+            await asyncio.sleep(0.005)
+
+    rng = random.Random(3)
+    await orch.start()
+    watcher = asyncio.create_task(watch(), name="test:watch-capacity")
+    published = 0
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            batch = [make_turn(f"busy-{rng.randrange(3)}", "hi", turn_id=f"t{published + i}") for i in range(3)]
+            await publisher.publish_many(batch)
+            published += len(batch)
+            await asyncio.sleep(rng.random() * 0.02)
+        await wait_until(lambda: _applied_is(redis, keys, [f"busy-{c}" for c in range(3)], published), 60, "all")
+    finally:
+        done.set()
+        await watcher
+        await orch.stop()
+    assert stalls == []

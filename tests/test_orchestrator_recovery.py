@@ -259,3 +259,24 @@ async def test_a_retried_dead_letter_of_a_trimmed_entry_is_written_once(redis: R
     for entry_id in ("5-0", "5-0", "6-0", "6-0"):  # each one a first attempt and its retry
         await redis.eval(DEAD_LETTER_LUA, 4, pk.lease, pk.turns, pk.dead, pk.errors, *args(entry_id))
     assert [f[b"entry_id"] for _id, f in await redis.xrange(pk.dead)] == [b"5-0", b"6-0"]
+
+
+async def test_a_lease_key_without_ttl_does_not_make_the_control_loop_spin(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    """A partition's lease key written by hand without an expiry never runs out: the instance that
+    wants the partition must not wake early for it over and over (it ticked every 5 ms)."""
+    settings = loop_settings(redis_url, prefix, partitions=2, lease_ms=1500)
+    keys = settings.keys()
+    await redis.set(keys.partition(0).lease, "someone")
+    orch = Orchestrator(settings, ScriptedBackend())
+    await orch.start()
+    try:
+        before = orch.ticks
+        await asyncio.sleep(1.0)
+        ticks = orch.ticks - before
+        owned = sorted(orch.partitions)
+    finally:
+        await orch.stop()
+    assert owned == [1]  # partition 0 stays with the key's "owner"
+    assert ticks <= 4, ticks  # one every lease / 3 = 0.5 s

@@ -292,6 +292,28 @@ async def test_applied_record_keeps_the_newest_of_turns_applied_in_one_milliseco
     assert [await led.was_applied(CONV, f"t{i}") for i in (8, 9, 10, 11)] == [False, True, True, True]
 
 
+async def test_applied_records_of_the_old_ms_score_age_by_their_time(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records written before scores carried a sequence (score = plain ms) sort as the oldest, and
+    are dropped only once they are past the ttl like any other."""
+    import ledger.store as store
+
+    monkeypatch.setattr(store, "APPLIED_KEEP", 2)
+    monkeypatch.setattr(store, "APPLIED_TTL_MS", 3_600_000)
+    led = Ledger(redis, keys)
+    ck = keys.conversation(CONV)
+    now_ms = int(time.time() * 1000)
+    # an hour-and-a-bit old record and a minute-old one, both in the old format
+    await redis.zadd(ck.applied, {"old-expired": now_ms - 3_700_000, "old-recent": now_ms - 60_000})
+    await redis.hset(ck.results, mapping={"old-expired": "1||", "old-recent": "2||"})
+    for i in range(3):
+        await led.apply(CONV, None, f"t{i}", [NoteOp()])
+    kept = await redis.zrange(ck.applied, 0, -1)
+    assert kept == [b"old-recent", b"t0", b"t1", b"t2"]  # within the ttl: kept beyond the newest 2
+    assert not await led.was_applied(CONV, "old-expired") and await led.was_applied(CONV, "old-recent")
+
+
 async def test_keys_share_partition_hash_tag(keys: Keys) -> None:
     ck = keys.conversation("abc")
     pk = keys.partition(ck.partition)

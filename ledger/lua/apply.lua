@@ -234,9 +234,13 @@ if n > req.applied_keep then
   local last = math.min(n - req.applied_keep, 256) - 1
   local old = redis.call('ZRANGE', KEYS[5], 0, last, 'WITHSCORES')
   local drop = {}
+  local cutoff = now - req.applied_ttl_ms
   for i = 1, #old, 2 do
-    -- applied at or before now - ttl (the score's ms part; see the ZADD above)
-    if tonumber(old[i + 1]) < (now - req.applied_ttl_ms + 1) * 1024 then table.insert(drop, old[i]) end
+    -- applied at or before now - ttl: the score's ms part (see the ZADD above); a score below 1e14
+    -- is a plain ms one, written before scores carried a sequence (they sort first: they are older)
+    local score = tonumber(old[i + 1])
+    local at = score < 1e14 and score or math.floor(score / 1024)
+    if at <= cutoff then table.insert(drop, old[i]) end
   end
   if #drop > 0 then
     redis.call('ZREM', KEYS[5], unpack(drop))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -265,16 +265,19 @@ _TOKEN_PIECES = ["don't", "it's", "'s", "'", "''", "a'b'c", "x'9", "9'x", "rock'
                  "task", "Task-", " 5", "…", "—", "–", "€", "£", "😂", "\u00a0", "É", "ſ"]  # fmt: skip
 
 
+def _fuzz_texts(rng: random.Random, piece_text: Callable[[random.Random], str]) -> list[str]:
+    """Hand-picked tricky texts, bench utterances, 30,000 random texts of pieces, every dataset message."""
+    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(piece_text(rng) for _ in range(30_000))]
+    return texts + [m.content for ex in load(DATA).examples for m in ex.transcript]
+
+
 def _token_text(rng: random.Random) -> str:
     return "".join(rng.choice(_TOKEN_PIECES) for _ in range(rng.randint(0, 10)))
 
 
 def test_scan_tokens_equal_the_token_pattern() -> None:
     """scan_tokens (C string methods on ASCII text) finds what _TOKEN.findall finds in the normalised text."""
-    rng = random.Random(6)
-    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_token_text(rng) for _ in range(30_000))]
-    texts += [m.content for ex in load(DATA).examples for m in ex.transcript]
-    for text in texts:
+    for text in _fuzz_texts(random.Random(6), _token_text):
         assert scan_tokens(text) == tuple(_TOKEN.findall(normalise(text))), repr(text)
 
 
@@ -346,10 +349,7 @@ def _clause_text(rng: random.Random) -> str:
 
 def test_clauses_and_keeps_equal_the_patterns() -> None:
     """clauses() gives the non-blank parts of CLAUSE_SPLIT.split, keeps() whether KEEP_CUE matches."""
-    rng = random.Random(8)
-    texts = [*TRICKY, *UTTERANCES, *(utterance(rng) for _ in range(2000)), *(_clause_text(rng) for _ in range(30_000))]
-    texts += [m.content for ex in load(DATA).examples for m in ex.transcript]
-    for text in texts:
+    for text in _fuzz_texts(random.Random(8), _clause_text):
         lowered = text.lower()
         assert clauses(lowered) == [c for c in CLAUSE_SPLIT.split(lowered) if c and c.strip()], repr(text)
         for clause in [lowered, *CLAUSE_SPLIT.split(lowered)]:
